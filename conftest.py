@@ -1,0 +1,37 @@
+from __future__ import annotations
+
+import sys
+from importlib.metadata import version
+from typing import Iterator
+
+import pytest
+
+import starlette_shield_patch
+
+ANYIO_MAJOR = int(version("anyio").split(".")[0])
+
+
+@pytest.fixture(params=["asyncio", "trio"])
+def backend(request: pytest.FixtureRequest) -> str:
+    if request.param == "trio" and ANYIO_MAJOR < 4 and sys.version_info >= (3, 12):
+        # anyio 3 needs trio < 0.22, which does not import on Python >= 3.12.
+        pytest.skip("trio < 0.22 (needed by anyio 3) does not run on Python >= 3.12")
+    if request.param == "trio":
+        import trio  # noqa: F401  # an environment that should have trio must have it
+
+    return str(request.param)
+
+
+@pytest.fixture(params=["unpatched", "patched"])
+def shim(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Run the test without, then with the shim (guard as usual); always leave it removed."""
+    from tests.asgi import STARLETTE_AFFECTED  # imports starlette, so apply() patches at once
+
+    starlette_shield_patch.remove()
+    try:
+        if request.param == "patched":
+            starlette_shield_patch.apply()
+            assert starlette_shield_patch.status().patched is STARLETTE_AFFECTED
+        yield str(request.param)
+    finally:
+        starlette_shield_patch.remove()

@@ -1,0 +1,163 @@
+"""apply(), remove() and status(): the wrapt wrapper on BaseHTTPMiddleware.__call__ and its hook."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any, Callable, Optional
+
+from ._guard import affected
+
+logger = logging.getLogger("starlette_shield_patch")
+
+TARGET_MODULE = "starlette.middleware.base"
+
+
+@dataclass(frozen=True)
+class ShieldStatus:
+    """What the shim did in this process, and why."""
+
+    patched: bool
+    reason: str
+    starlette_version: Optional[str]
+    armed: bool
+
+
+_lock = threading.RLock()
+_armed = False  # apply() was called and remove() was not: the import hook may patch
+_force = False
+_via = ""
+_hook_registered = False
+_patched_class: Optional[type] = None
+_original: Optional[Callable[..., Any]] = None  # what __call__ was before we wrapped it, kept once
+_wrapper: Optional[Callable[..., Any]] = None
+_reason = "not applied"
+
+
+def apply(force: bool = False) -> None:
+    """Patch BaseHTTPMiddleware now, or as soon as starlette.middleware.base is imported."""
+    _apply(force, "apply()")
+
+
+def remove() -> None:
+    """Put back the exact BaseHTTPMiddleware.__call__ that was there before apply()."""
+    global _armed, _original, _wrapper, _patched_class, _reason
+    with _lock:
+        _armed = False
+        if _wrapper is None or _patched_class is None:
+            _reason = "removed by remove(); nothing was patched"
+            return
+        from . import _shield
+
+        if _patched_class.__dict__.get("__call__") is _wrapper:
+            setattr(_patched_class, "__call__", _original)
+            _original = _wrapper = _patched_class = None
+            _reason = "removed by remove(); the original BaseHTTPMiddleware.__call__ is back"
+        else:
+            # Someone wrapped __call__ on top of ours (sentry-sdk does): putting the original
+            # back would drop their wrapper, so ours stays in the chain but passes through.
+            _shield.enabled = False
+            _reason = (
+                "removed by remove(); another wrapper sits on top of the shim's, so the shim "
+                "stays in the chain and passes every call through unchanged"
+            )
+            logger.warning("remove(): %s", _reason)
+
+
+def status() -> ShieldStatus:
+    """Report whether BaseHTTPMiddleware is patched in this process, and why."""
+    with _lock:
+        version = _starlette_version() if TARGET_MODULE in sys.modules else None
+        return ShieldStatus(_is_active(), _reason, version, _armed)
+
+
+def _apply(force: bool, via: str) -> None:
+    global _armed, _force, _via, _hook_registered, _reason
+    try:
+        with _lock:
+            _armed, _force, _via = True, force, via
+            module = sys.modules.get(TARGET_MODULE)
+            if module is not None:
+                _patch(module)
+                return
+            _reason = f"armed by {via}: waiting for {TARGET_MODULE} to be imported"
+            register = not _hook_registered
+            _hook_registered = True
+        if register:
+            import wrapt
+
+            # Calls the hook at once if another thread imported the module meanwhile.
+            wrapt.register_post_import_hook(_on_import, TARGET_MODULE)
+    except Exception as exc:  # never let the shim become the app's failure
+        _fail(exc)
+
+
+def _on_import(module: ModuleType) -> None:
+    # An exception raised here would make `import starlette.middleware.base` fail for the app.
+    try:
+        with _lock:
+            if _armed:
+                _patch(module)
+    except Exception as exc:
+        _fail(exc)
+
+
+def _fail(exc: Exception) -> None:
+    global _reason
+    _reason = f"patching failed ({type(exc).__name__}: {exc}); starlette left unpatched"
+    logger.warning("%s", _reason, exc_info=True)
+
+
+def _patch(module: ModuleType) -> None:
+    global _original, _wrapper, _patched_class, _reason
+    from . import _shield
+
+    if _wrapper is not None:
+        _shield.enabled = True  # re-enable a wrapper that remove() could only disable
+        return
+    version = _starlette_version()
+    verdict = affected(version)
+    if not verdict.affected and not _force:
+        _reason = f"{verdict.reason}; BaseHTTPMiddleware left alone"
+        logger.debug("%s", _reason)
+        return
+    import wrapt
+
+    cls = module.BaseHTTPMiddleware
+    original = cls.__dict__["__call__"]
+    wrapper = wrapt.FunctionWrapper(original, _shield.wrapper_for(original))
+    setattr(cls, "__call__", wrapper)
+    _shield.enabled = True
+    _original, _wrapper, _patched_class = original, wrapper, cls
+    if verdict.affected:
+        _reason = f"patched by {_via}: {verdict.reason}"
+        logger.info("%s", _reason)
+    else:
+        _reason = f"patched by {_via} with force=True: {verdict.reason}"
+        logger.warning("%s", _reason)
+
+
+def _is_active() -> bool:
+    if _wrapper is None or _patched_class is None:
+        return False
+    from . import _shield
+
+    if not _shield.enabled:
+        return False
+    # Walk the wrappers that others put on top (functools.wraps sets __wrapped__).
+    layer = _patched_class.__dict__.get("__call__")
+    for _ in range(32):
+        if layer is _wrapper:
+            return True
+        layer = getattr(layer, "__wrapped__", None)
+        if layer is None:
+            break
+    return False
+
+
+def _starlette_version() -> Optional[str]:
+    version = getattr(sys.modules.get("starlette"), "__version__", None)
+    return version if isinstance(version, str) else None

@@ -1,0 +1,169 @@
+"""In-process ASGI scenarios: apps with stacked BaseHTTPMiddleware, scripted clients, outcomes."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator, Awaitable, Callable, Dict, Iterator, List, Optional
+
+import anyio
+import starlette
+from starlette.middleware.base import BaseHTTPMiddleware
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response, StreamingResponse
+
+Message = Dict[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Dict[str, Any], Receive, Send], Awaitable[None]]
+CallNext = Callable[[Request], Awaitable[Response]]
+
+# The releases that have the bug, written here independently of the package's own guard.
+AFFECTED_RELEASES = (
+    "0.15.0", "0.16.0", "0.17.0", "0.17.1", "0.18.0", "0.19.0",
+    "0.19.1", "0.20.0", "0.20.1", "0.20.3", "0.20.4",
+)  # fmt: skip
+STARLETTE_AFFECTED = starlette.__version__ in AFFECTED_RELEASES
+STARLETTE_HAS_ANYIO = tuple(int(part) for part in starlette.__version__.split(".")[:2]) >= (0, 15)
+
+
+@dataclass
+class Outcome:
+    """What one request through an app ended with."""
+
+    messages: List[Message] = field(default_factory=list)
+    error: Optional[BaseException] = None
+    timed_out: bool = False
+    elapsed: float = 0.0
+
+    def errors(self) -> Iterator[BaseException]:
+        """The error and everything an exception group holds, flattened."""
+        pending = [self.error] if self.error is not None else []
+        while pending:
+            error = pending.pop()
+            nested = getattr(error, "exceptions", None)
+            if nested:
+                pending.extend(nested)
+            else:
+                yield error
+
+    @property
+    def no_response_returned(self) -> bool:
+        return any(
+            isinstance(error, RuntimeError) and str(error) == "No response returned."
+            for error in self.errors()
+        )
+
+    @property
+    def clean(self) -> bool:
+        return self.error is None and not self.timed_out
+
+
+def http_scope(method: str = "POST", path: str = "/") -> Dict[str, Any]:
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.1"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "root_path": "",
+        "query_string": b"",
+        "headers": [(b"host", b"testserver"), (b"content-length", b"5")],
+        "client": ("127.0.0.1", 50000),
+        "server": ("127.0.0.1", 8000),
+    }
+
+
+def client_gone_after_body(body: bytes = b"hello") -> Receive:
+    """The client sent its body and went away: every later receive() is http.disconnect."""
+    calls = 0
+
+    async def receive() -> Message:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            return {"type": "http.request", "body": body, "more_body": False}
+        return {"type": "http.disconnect"}
+
+    return receive
+
+
+def client_stays(body: bytes = b"hello") -> Receive:
+    """The client sent its body and waits for the answer."""
+    calls = 0
+
+    async def receive() -> Message:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            return {"type": "http.request", "body": body, "more_body": False}
+        await anyio.Event().wait()
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    return receive
+
+
+def run(
+    app: ASGIApp,
+    receive: Receive,
+    *,
+    backend: str,
+    scope: Optional[Dict[str, Any]] = None,
+    timeout: float = 5.0,
+) -> Outcome:
+    """Run one request through `app`, bounded by `timeout` seconds."""
+    outcome = Outcome()
+
+    async def send(message: Message) -> None:
+        outcome.messages.append(message)
+
+    async def main() -> None:
+        started = time.perf_counter()
+        with anyio.move_on_after(timeout) as deadline:
+            try:
+                await app(scope or http_scope(), receive, send)
+            except Exception as exc:
+                outcome.error = exc
+        outcome.timed_out = deadline.cancel_called
+        outcome.elapsed = time.perf_counter() - started
+
+    anyio.run(main, backend=backend)
+    return outcome
+
+
+async def pass_through(request: Request, call_next: CallNext) -> Response:
+    return await call_next(request)
+
+
+def stack(app: ASGIApp, *dispatches: Callable[[Request, CallNext], Awaitable[Response]]) -> ASGIApp:
+    """Wrap `app` in one BaseHTTPMiddleware per dispatch, the first one outermost."""
+    for dispatch in reversed(dispatches):
+        app = BaseHTTPMiddleware(app, dispatch=dispatch)
+    return app
+
+
+def reads_body_then_answers(work: float = 0.01) -> ASGIApp:
+    """The endpoint of the bug report: read the body, work briefly, answer."""
+
+    async def endpoint(scope: Dict[str, Any], receive: Receive, send: Send) -> None:
+        await Request(scope, receive).body()
+        await anyio.sleep(work)
+        await PlainTextResponse("done")(scope, receive, send)
+
+    return endpoint
+
+
+def reads_body_then_streams(work: float = 0.01, chunks: int = 3) -> ASGIApp:
+    async def endpoint(scope: Dict[str, Any], receive: Receive, send: Send) -> None:
+        await Request(scope, receive).body()
+        await anyio.sleep(work)
+
+        async def body() -> AsyncIterator[bytes]:
+            for number in range(chunks):
+                yield b"chunk %d\n" % number
+
+        await StreamingResponse(body(), media_type="text/plain")(scope, receive, send)
+
+    return endpoint
