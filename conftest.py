@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import sys
 from importlib.metadata import version
+from contextlib import contextmanager
 from typing import Iterator
 
 import pytest
@@ -22,16 +23,29 @@ def backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
-@pytest.fixture(params=["unpatched", "patched"])
-def shim(request: pytest.FixtureRequest) -> Iterator[str]:
-    """Run the test without, then with the shim (guard as usual); always leave it removed."""
+@contextmanager
+def shim_state(applied: bool) -> Iterator[None]:
+    """The shim applied (guard as usual) or not for the block; always removed afterwards."""
     from tests.asgi import STARLETTE_AFFECTED  # imports starlette, so apply() patches at once
 
     starlette_shield_patch.remove()
     try:
-        if request.param == "patched":
+        if applied:
             starlette_shield_patch.apply()
             assert starlette_shield_patch.status().patched is STARLETTE_AFFECTED
-        yield str(request.param)
+        yield
     finally:
         starlette_shield_patch.remove()
+
+
+@pytest.fixture(params=["unpatched", "patched"])
+def shim(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Run the test without, then with the shim."""
+    with shim_state(request.param == "patched"):
+        yield str(request.param)
+
+
+@pytest.fixture
+def patched() -> Iterator[None]:
+    with shim_state(True):
+        yield

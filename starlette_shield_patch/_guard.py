@@ -20,6 +20,7 @@ class Verdict(NamedTuple):
 
     affected: bool
     reason: str
+    readable: bool = True
 
 
 def parse_release(version: str) -> Optional[Tuple[int, int, int]]:
@@ -34,10 +35,10 @@ def parse_release(version: str) -> Optional[Tuple[int, int, int]]:
 def affected(version: Optional[str]) -> Verdict:
     """Say whether starlette `version` has the BaseHTTPMiddleware disconnect bug."""
     if version is None:
-        return Verdict(False, "starlette does not declare its version; left unpatched")
+        return Verdict(False, "starlette does not declare its version", readable=False)
     release = parse_release(version)
     if release is None:
-        return Verdict(False, f"starlette version {version!r} cannot be parsed; left unpatched")
+        return Verdict(False, f"starlette version {version!r} cannot be parsed", readable=False)
     first_affected, first_fixed = AFFECTED_RANGE
     if release < first_affected:
         return Verdict(False, f"starlette {version} predates the anyio rewrite (starlette#1157)")

@@ -54,9 +54,8 @@ def remove() -> None:
 
         if _patched_class.__dict__.get("__call__") is _wrapper:
             setattr(_patched_class, "__call__", _original)
-            _original = _wrapper = _patched_class = None
             _reason = "removed by remove(); the original BaseHTTPMiddleware.__call__ is back"
-        else:
+        elif _in_chain():
             # Someone wrapped __call__ on top of ours (sentry-sdk does): putting the original
             # back would drop their wrapper, so ours stays in the chain but passes through.
             _shield.enabled = False
@@ -65,6 +64,10 @@ def remove() -> None:
                 "stays in the chain and passes every call through unchanged"
             )
             logger.warning("remove(): %s", _reason)
+            return
+        else:
+            _reason = "removed by remove(); BaseHTTPMiddleware.__call__ had been replaced by others"
+        _original = _wrapper = _patched_class = None
 
 
 def status() -> ShieldStatus:
@@ -115,14 +118,14 @@ def _patch(module: ModuleType) -> None:
     global _original, _wrapper, _patched_class, _reason
     from . import _shield
 
-    if _wrapper is not None:
+    if _in_chain():
         _shield.enabled = True  # re-enable a wrapper that remove() could only disable
         return
     version = _starlette_version()
     verdict = affected(version)
     if not verdict.affected and not _force:
         _reason = f"{verdict.reason}; BaseHTTPMiddleware left alone"
-        logger.debug("%s", _reason)
+        (logger.debug if verdict.readable else logger.warning)("%s", _reason)
         return
     import wrapt
 
@@ -141,15 +144,17 @@ def _patch(module: ModuleType) -> None:
 
 
 def _is_active() -> bool:
-    if _wrapper is None or _patched_class is None:
-        return False
     from . import _shield
 
-    if not _shield.enabled:
+    return _shield.enabled and _in_chain()
+
+
+def _in_chain() -> bool:
+    """Whether our wrapper is BaseHTTPMiddleware.__call__ or under wrappers others put on top."""
+    if _wrapper is None or _patched_class is None:
         return False
-    # Walk the wrappers that others put on top (functools.wraps sets __wrapped__).
     layer = _patched_class.__dict__.get("__call__")
-    for _ in range(32):
+    for _ in range(32):  # functools.wraps sets __wrapped__; a cycle must not hang us
         if layer is _wrapper:
             return True
         layer = getattr(layer, "__wrapped__", None)

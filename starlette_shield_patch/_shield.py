@@ -74,9 +74,11 @@ def wrapper_for(original: Callable[..., Awaitable[None]]) -> Callable[..., Await
         args: Tuple[Any, ...],
         kwargs: Dict[str, Any],
     ) -> Awaitable[None]:
-        # websocket and lifespan scopes, and calls we cannot read, pass through untouched.
-        if enabled and instance is not None and args and args[0].get("type") == "http":
+        if instance is None and args:  # called through the raw class attribute, self first
+            instance, args = args[0], args[1:]
+        # websocket and lifespan scopes pass through untouched.
+        if enabled and args and args[0].get("type") == "http":
             return original(_Layer(instance), *args, **kwargs)
-        return wrapped(*args, **kwargs)
+        return original(instance, *args, **kwargs)
 
     return shield_response_start

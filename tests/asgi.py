@@ -59,6 +59,14 @@ class Outcome:
         return self.error is None and not self.timed_out
 
 
+def expect_bug_only_unpatched(outcome: Outcome, shim: str) -> None:
+    """Unpatched affected releases raise "No response returned."; everything else ends cleanly."""
+    if shim == "unpatched" and STARLETTE_AFFECTED:
+        assert outcome.no_response_returned, outcome
+    else:
+        assert outcome.clean, outcome
+
+
 def http_scope(method: str = "POST", path: str = "/") -> Dict[str, Any]:
     return {
         "type": "http",

@@ -1,0 +1,150 @@
+"""apply(), remove(), status(): idempotent, exact, thread-safe, truthful."""
+
+from __future__ import annotations
+
+import functools
+import threading
+from typing import Any, Iterator
+
+import pytest
+import starlette
+from starlette.middleware.base import BaseHTTPMiddleware
+
+import starlette_shield_patch
+from conftest import shim_state
+from tests.asgi import (
+    STARLETTE_AFFECTED,
+    STARLETTE_HAS_ANYIO,
+    client_gone_after_body,
+    pass_through,
+    reads_body_then_answers,
+    run,
+    stack,
+)
+
+only_affected = pytest.mark.skipif(not STARLETTE_AFFECTED, reason="needs an affected starlette")
+only_unaffected = pytest.mark.skipif(STARLETTE_AFFECTED, reason="needs an unaffected starlette")
+
+
+@pytest.fixture
+def original() -> Iterator[Any]:
+    """The plain __call__ of this starlette; the shim is removed before and after the test."""
+    with shim_state(False):
+        call = BaseHTTPMiddleware.__dict__["__call__"]
+        assert type(call).__name__ == "function"
+        yield call
+    assert BaseHTTPMiddleware.__dict__["__call__"] is call
+
+
+def installed() -> Any:
+    return BaseHTTPMiddleware.__dict__["__call__"]
+
+
+@only_affected
+def test_apply_twice_leaves_one_wrapper(original: Any) -> None:
+    starlette_shield_patch.apply()
+    first = installed()
+    starlette_shield_patch.apply()
+
+    assert installed() is first is not original
+    assert first.__wrapped__ is original
+
+
+@only_affected
+def test_remove_puts_back_the_exact_original(original: Any) -> None:
+    starlette_shield_patch.apply()
+    starlette_shield_patch.remove()
+    starlette_shield_patch.remove()
+
+    assert installed() is original
+    assert not starlette_shield_patch.status().patched
+
+
+@only_affected
+def test_status_names_the_version_and_why(original: Any) -> None:
+    starlette_shield_patch.apply()
+    status = starlette_shield_patch.status()
+
+    assert status.patched and status.armed
+    assert status.starlette_version == starlette.__version__
+    assert f"starlette {starlette.__version__} is affected" in status.reason
+    starlette_shield_patch.remove()
+    assert "removed by remove()" in starlette_shield_patch.status().reason
+
+
+@only_unaffected
+def test_unaffected_release_is_left_alone(original: Any) -> None:
+    starlette_shield_patch.apply()
+    status = starlette_shield_patch.status()
+
+    assert installed() is original
+    assert not status.patched
+    assert starlette.__version__ in status.reason and "left alone" in status.reason
+
+
+@only_unaffected
+def test_force_applies_outside_the_range(original: Any, caplog: pytest.LogCaptureFixture) -> None:
+    starlette_shield_patch.apply(force=True)
+    status = starlette_shield_patch.status()
+
+    assert status.patched and "force=True" in status.reason
+    assert installed().__wrapped__ is original
+    assert any(record.levelname == "WARNING" for record in caplog.records)
+    starlette_shield_patch.remove()
+    assert installed() is original
+
+
+@only_affected
+def test_concurrent_apply_and_remove_end_whole(original: Any) -> None:
+    barrier = threading.Barrier(8)
+
+    def flip(index: int) -> None:
+        barrier.wait()
+        for turn in range(300):
+            (starlette_shield_patch.apply if (index + turn) % 2 else starlette_shield_patch.remove)()
+
+    threads = [threading.Thread(target=flip, args=(index,)) for index in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    current = installed()
+    assert current is original or current.__wrapped__ is original
+    assert starlette_shield_patch.status().patched is (current is not original)
+    starlette_shield_patch.apply()
+    assert installed().__wrapped__ is original
+
+
+@pytest.mark.skipif(not STARLETTE_HAS_ANYIO, reason="needs an anyio BaseHTTPMiddleware")
+@only_affected
+def test_remove_under_someone_elses_wrapper_keeps_theirs(original: Any) -> None:
+    """sentry-sdk style: a functools.wraps wrapper put on the class after the shim."""
+    calls = []
+    starlette_shield_patch.apply()
+    below = installed()
+
+    @functools.wraps(below)
+    async def theirs(self: Any, scope: Any, receive: Any, send: Any) -> None:
+        calls.append(scope["type"])
+        await below(self, scope, receive, send)
+
+    BaseHTTPMiddleware.__call__ = theirs  # type: ignore[method-assign]
+    try:
+        app = stack(reads_body_then_answers(), pass_through, pass_through)
+        assert starlette_shield_patch.status().patched
+        assert run(app, client_gone_after_body(), backend="asyncio").clean
+
+        starlette_shield_patch.remove()
+        status = starlette_shield_patch.status()
+        assert installed() is theirs
+        assert not status.patched and "another wrapper" in status.reason
+        assert run(app, client_gone_after_body(), backend="asyncio").no_response_returned
+
+        starlette_shield_patch.apply()
+        assert starlette_shield_patch.status().patched
+        assert run(app, client_gone_after_body(), backend="asyncio").clean
+        assert calls and set(calls) == {"http"}
+    finally:
+        BaseHTTPMiddleware.__call__ = original  # type: ignore[method-assign]
+        starlette_shield_patch.remove()

@@ -1,0 +1,107 @@
+"""Acceptance 4 and 6: everything but a disconnect behaves exactly as without the shim."""
+
+from __future__ import annotations
+
+from typing import Any, AsyncIterator, Dict, List, Tuple
+
+import anyio
+import pytest
+from starlette.background import BackgroundTask
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+
+from conftest import shim_state
+from tests.asgi import (
+    STARLETTE_HAS_ANYIO,
+    ASGIApp,
+    CallNext,
+    Message,
+    Receive,
+    Send,
+    client_stays,
+    pass_through,
+    run,
+    stack,
+)
+
+pytestmark = pytest.mark.skipif(
+    not STARLETTE_HAS_ANYIO, reason="starlette < 0.15 has no anyio BaseHTTPMiddleware"
+)
+
+
+async def adds_header(request: Request, call_next: CallNext) -> Response:
+    response = await call_next(request)
+    response.headers["x-layer"] = "outer"
+    return response
+
+
+def endpoint_for(kind: str, background_ran: List[str]) -> ASGIApp:
+    async def endpoint(scope: Dict[str, Any], receive: Receive, send: Send) -> None:
+        body = await Request(scope, receive).body()
+        response: Response
+        if kind == "plain":
+            response = PlainTextResponse(b"echo " + body, headers={"x-kind": "plain"})
+        elif kind == "json":
+            response = JSONResponse({"echo": body.decode()}, status_code=201)
+        elif kind == "streaming":
+
+            async def chunks() -> AsyncIterator[bytes]:
+                for number in range(5):
+                    yield b"chunk %d " % number
+
+            response = StreamingResponse(chunks(), media_type="text/plain")
+        elif kind == "background":
+            task = BackgroundTask(background_ran.append, "ran")
+            response = PlainTextResponse("later", background=task)
+        else:
+            response = Response(status_code=204)
+        await response(scope, receive, send)
+
+    return endpoint
+
+
+def one_request(kind: str, backend: str, applied: bool) -> Tuple[List[Message], List[str]]:
+    background_ran: List[str] = []
+    app = stack(endpoint_for(kind, background_ran), adds_header, pass_through)
+    with shim_state(applied):
+        outcome = run(app, client_stays(), backend=backend)
+    assert outcome.clean, outcome
+    return outcome.messages, background_ran
+
+
+@pytest.mark.parametrize("kind", ["plain", "json", "streaming", "background", "no-content"])
+def test_ordinary_request_is_unchanged(backend: str, kind: str) -> None:
+    unpatched = one_request(kind, backend, applied=False)
+    patched = one_request(kind, backend, applied=True)
+
+    assert patched == unpatched
+    messages, background_ran = patched
+    assert messages[0]["type"] == "http.response.start"
+    assert (b"x-layer", b"outer") in messages[0]["headers"]
+    assert messages[-1]["type"] == "http.response.body"
+    assert not messages[-1].get("more_body", False)
+    assert background_ran == (["ran"] if kind == "background" else [])
+
+
+@pytest.mark.parametrize("scope_type", ["websocket", "lifespan"])
+def test_other_scopes_get_the_servers_own_callables(shim: str, backend: str, scope_type: str) -> None:
+    seen: List[Tuple[Dict[str, Any], Receive, Send]] = []
+
+    async def inner(scope: Dict[str, Any], receive: Receive, send: Send) -> None:
+        seen.append((scope, receive, send))
+
+    async def receive() -> Message:
+        raise AssertionError("not called")  # pragma: no cover
+
+    async def send(message: Message) -> None:
+        raise AssertionError("not called")  # pragma: no cover
+
+    scope: Dict[str, Any] = {"type": scope_type, "asgi": {"version": "3.0"}}
+    app = stack(inner, pass_through, pass_through)
+
+    anyio.run(app, scope, receive, send, backend=backend)
+
+    assert len(seen) == 1
+    assert seen[0][0] is scope
+    assert seen[0][1] is receive
+    assert seen[0][2] is send
