@@ -116,9 +116,9 @@ def _fail(exc: Exception) -> None:
 
 def _patch(module: ModuleType) -> None:
     global _original, _wrapper, _patched_class, _reason
-    from . import _shield
-
     if _in_chain():
+        from . import _shield
+
         _shield.enabled = True  # re-enable a wrapper that remove() could only disable
         return
     version = _starlette_version()
@@ -128,6 +128,8 @@ def _patch(module: ModuleType) -> None:
         (logger.debug if verdict.readable else logger.warning)("%s", _reason)
         return
     import wrapt
+
+    from . import _shield
 
     cls = module.BaseHTTPMiddleware
     original = cls.__dict__["__call__"]
@@ -144,9 +146,11 @@ def _patch(module: ModuleType) -> None:
 
 
 def _is_active() -> bool:
-    from . import _shield
+    if not _in_chain():
+        return False
+    from . import _shield  # loaded already: the wrapper comes from it
 
-    return _shield.enabled and _in_chain()
+    return _shield.enabled
 
 
 def _in_chain() -> bool:

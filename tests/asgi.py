@@ -132,7 +132,9 @@ def run(
         with anyio.move_on_after(timeout) as deadline:
             try:
                 await app(scope or http_scope(), receive, send)
-            except Exception as exc:
+            except anyio.get_cancelled_exc_class():
+                raise
+            except BaseException as exc:  # anyio 3's ExceptionGroup is a BaseException
                 outcome.error = exc
         outcome.timed_out = deadline.cancel_called
         outcome.elapsed = time.perf_counter() - started

@@ -5,6 +5,9 @@ from __future__ import annotations
 from typing import Any, Dict
 
 import pytest
+import starlette
+
+from conftest import shim_state
 
 from tests.asgi import (
     STARLETTE_HAS_ANYIO,
@@ -35,10 +38,23 @@ def test_client_gone_while_endpoint_works(shim: str, backend: str, endpoint: str
     expect_bug_only_unpatched(run(app, client_gone_after_body(), backend=backend), shim)
 
 
-def test_one_layer_over_a_plain_response(shim: str, backend: str) -> None:
-    app = stack(reads_body_then_answers(), pass_through)
+def test_one_layer_over_a_plain_response_is_unchanged(backend: str) -> None:
+    """Not the bug: one layer over a plain response ends the same way with or without the shim.
 
-    assert run(app, client_gone_after_body(), backend=backend).clean
+    Cleanly, except on 0.15.0 and 0.16.0 with early anyio 3, where the endpoint's late body send
+    raises BrokenResourceError whether the shim is there or not (see README, limitations).
+    """
+    app = stack(reads_body_then_answers(), pass_through)
+    outcomes = []
+    for applied in (False, True):
+        with shim_state(applied):
+            outcome = run(app, client_gone_after_body(), backend=backend)
+        outcomes.append(sorted(type(error).__name__ for error in outcome.errors()))
+
+    assert outcomes[0] == outcomes[1]
+    assert outcomes[1] in ([], ["BrokenResourceError"])
+    if outcomes[1]:
+        assert starlette.__version__ in ("0.15.0", "0.16.0")
 
 
 def test_one_layer_over_a_streaming_response(shim: str, backend: str) -> None:

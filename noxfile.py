@@ -1,0 +1,79 @@
+"""The test matrix: every affected starlette release, oldest and newest anyio, three Pythons."""
+
+from __future__ import annotations
+
+import glob
+import os
+from pathlib import Path
+from typing import List, Tuple
+
+import nox
+
+nox.options.default_venv_backend = "uv"
+nox.options.error_on_external_run = True
+
+AFFECTED = [
+    "0.15.0", "0.16.0", "0.17.0", "0.17.1", "0.18.0", "0.19.0",
+    "0.19.1", "0.20.0", "0.20.1", "0.20.3", "0.20.4",
+]  # fmt: skip
+UNAFFECTED = ["0.14.2", "0.21.0", "newest"]
+MAIN_PYTHON = "3.11"
+EDGE_PYTHONS = ["3.8", "3.13"]
+
+
+def _pyenv_interpreters_on_path() -> None:
+    """Let nox find pyenv's interpreters when they are not on PATH (pyenv's shims refuse)."""
+    root = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv"))
+    for version in [MAIN_PYTHON, *EDGE_PYTHONS]:
+        for bindir in sorted(glob.glob(str(root / "versions" / f"{version}.*" / "bin")))[-1:]:
+            os.environ["PATH"] = bindir + os.pathsep + os.environ["PATH"]
+
+
+_pyenv_interpreters_on_path()
+
+
+def anyio_requirements(starlette: str, which: str) -> List[str]:
+    """anyio (with trio) as the starlette release allows it: its oldest or its newest."""
+    if starlette in UNAFFECTED:
+        return ["anyio[trio]"]
+    before_0_19 = tuple(map(int, starlette.split("."))) < (0, 19, 0)
+    oldest, below = ("3.0.0", "4") if before_0_19 else ("3.4.0", "5")
+    anyio = f"anyio[trio]=={oldest}" if which == "oldest" else f"anyio[trio]<{below}"
+    # anyio 3 works with trio < 0.22 only; the resolver picks the rest per Python.
+    trio = ["trio<0.22"] if which == "oldest" or below == "4" else []
+    return [anyio, *trio]
+
+
+def matrix() -> List[Tuple[str, str, str]]:
+    rows = [(MAIN_PYTHON, release, which) for release in AFFECTED for which in ("oldest", "newest")]
+    rows += [
+        (python, release, which)
+        for python in EDGE_PYTHONS
+        for release in (AFFECTED[0], AFFECTED[-1])
+        for which in ("oldest", "newest")
+    ]
+    rows += [(MAIN_PYTHON, release, "newest") for release in UNAFFECTED]
+    rows += [(EDGE_PYTHONS[-1], "newest", "newest")]
+    return rows
+
+
+@nox.session
+@nox.parametrize(
+    ("python", "starlette", "anyio"),
+    matrix(),
+    ids=[f"py{python}-starlette-{release}-anyio-{which}" for python, release, which in matrix()],
+)
+def tests(session: nox.Session, starlette: str, anyio: str) -> None:
+    """The test suite on one Python, one starlette release, one end of its anyio range."""
+    pin = "starlette" if starlette == "newest" else f"starlette=={starlette}"
+    session.install(".", pin, *anyio_requirements(starlette, anyio), "pytest", "exceptiongroup")
+    session.run("python", "-m", "pytest", *session.posargs)
+
+
+@nox.session(python=MAIN_PYTHON)
+def lint(session: nox.Session) -> None:
+    """ruff and mypy --strict on the package, the tests, the demo and this file."""
+    session.install(".", "starlette==0.20.4", "anyio[trio]<5", "pytest", "nox", "mypy", "ruff")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+    session.run("mypy")

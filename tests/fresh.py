@@ -1,0 +1,60 @@
+"""Run code in a fresh interpreter: import-time behaviour is never tested by reloading modules."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any, Dict, Optional, Sequence
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# Prints, as the script's only line of stdout, what the shim did and how the disconnect went.
+REPORT = """
+import json as _json, sys as _sys
+def report(**extra):
+    import starlette_shield_patch as _ssp
+    status = _ssp.status()
+    out = {"patched": status.patched, "reason": status.reason, "armed": status.armed,
+           "starlette_version": status.starlette_version,
+           "modules": sorted(m for m in ("starlette", "anyio", "wrapt") if m in _sys.modules)}
+    out.update(extra)
+    print(_json.dumps(out))
+
+def disconnect_outcome():
+    from tests.asgi import client_gone_after_body, pass_through, reads_body_then_answers, run, stack
+    outcome = run(stack(reads_body_then_answers(), pass_through, pass_through),
+                  client_gone_after_body(), backend="asyncio")
+    return "clean" if outcome.clean else "no-response-returned" if outcome.no_response_returned else repr(outcome.error)
+"""
+
+
+def run_fresh(
+    code: str,
+    *,
+    python: str = sys.executable,
+    env: Optional[Dict[str, str]] = None,
+    path: Sequence[Path] = (),
+    cwd: Path = ROOT,
+    timeout: float = 60,
+) -> "subprocess.CompletedProcess[str]":
+    """Run `code` (with report() and disconnect_outcome() defined) in a new interpreter."""
+    environment = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "STARLETTE_SHIELD"))}
+    environment["PYTHONPATH"] = os.pathsep.join([*map(str, path), str(ROOT)])
+    environment.update(env or {})
+    script = REPORT + textwrap.dedent(code)
+    return subprocess.run(
+        [python, "-c", script], cwd=cwd, env=environment, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def report_of(result: "subprocess.CompletedProcess[str]") -> Dict[str, Any]:
+    """The one JSON line the script printed; fails when anything else reached stdout."""
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == 1, result.stdout
+    report: Dict[str, Any] = json.loads(lines[0])
+    return report

@@ -1,0 +1,120 @@
+"""Import-time behaviour, each case in a fresh interpreter."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import starlette
+
+from tests.asgi import STARLETTE_AFFECTED, STARLETTE_HAS_ANYIO
+from tests.fresh import report_of, run_fresh
+
+needs_anyio = pytest.mark.skipif(not STARLETTE_HAS_ANYIO, reason="needs an anyio BaseHTTPMiddleware")
+EXPECTED_OUTCOME = "clean" if STARLETTE_HAS_ANYIO else None
+
+
+def test_importing_the_shim_imports_neither_starlette_nor_anyio() -> None:
+    report = report_of(run_fresh("import starlette_shield_patch\nreport()"))
+
+    assert report["modules"] == ["wrapt"]
+    assert report["armed"] and not report["patched"]
+    assert "waiting for starlette.middleware.base" in report["reason"]
+
+
+@needs_anyio
+@pytest.mark.parametrize(
+    "order",
+    [
+        "import starlette_shield_patch\nimport starlette.middleware.base",
+        "import starlette.middleware.base\nimport starlette_shield_patch",
+        "import starlette_shield_patch\nimport starlette.middleware.base\nimport starlette_shield_patch",
+        "import starlette_shield_patch\nimport starlette.middleware.base\nstarlette_shield_patch.apply()",
+    ],
+    ids=["shim-first", "shim-after", "imported-twice", "applied-twice"],
+)
+def test_import_order(order: str) -> None:
+    code = order + """
+from starlette.middleware.base import BaseHTTPMiddleware
+call = BaseHTTPMiddleware.__dict__["__call__"]
+depth = 0
+while hasattr(call, "__wrapped__"):
+    call, depth = call.__wrapped__, depth + 1
+report(outcome=disconnect_outcome(), wrappers=depth)
+"""
+    report = report_of(run_fresh(code))
+
+    assert report["patched"] is STARLETTE_AFFECTED
+    assert report["starlette_version"] == starlette.__version__
+    assert report["wrappers"] == (1 if STARLETTE_AFFECTED else 0)
+    assert report["outcome"] == "clean"
+
+
+@needs_anyio
+def test_without_the_shim_the_bug_shows() -> None:
+    """The fresh-interpreter check above can fail: the same script, the shim never imported."""
+    code = "import starlette.middleware.base\nprint(disconnect_outcome())"
+    result = run_fresh(code)
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == ("no-response-returned" if STARLETTE_AFFECTED else "clean")
+
+
+@pytest.mark.skipif(STARLETTE_AFFECTED, reason="needs a starlette outside the affected range")
+def test_unaffected_release_keeps_its_plain_function() -> None:
+    code = """
+import starlette_shield_patch
+from starlette.middleware.base import BaseHTTPMiddleware
+call = BaseHTTPMiddleware.__call__
+report(plain=type(call).__name__ == "function" and call.__qualname__ == "BaseHTTPMiddleware.__call__"
+       and call.__module__ == "starlette.middleware.base")
+"""
+    report = report_of(run_fresh(code))
+
+    assert report["plain"] is True
+    assert not report["patched"]
+    assert f"starlette {starlette.__version__}" in report["reason"]
+    assert "left alone" in report["reason"]
+
+
+def fake_starlette(root: Path, version: str, base_source: str) -> Path:
+    package = root / "starlette"
+    (package / "middleware").mkdir(parents=True)
+    (package / "__init__.py").write_text(f"__version__ = {version!r}\n")
+    (package / "middleware" / "__init__.py").write_text("")
+    (package / "middleware" / "base.py").write_text(base_source)
+    return root
+
+
+FAKE_BASE = """
+class BaseHTTPMiddleware:
+    async def __call__(self, scope, receive, send):
+        pass
+"""
+
+
+@pytest.mark.parametrize(
+    ("version", "base_source", "reason"),
+    [
+        ("0.20.4", "BaseHTTPMiddleware = None\n", "patching failed (AttributeError"),
+        ("0.20.4", "class BaseHTTPMiddleware:\n    pass\n", "patching failed (KeyError"),
+        ("banana", FAKE_BASE, "'banana' cannot be parsed"),
+    ],
+    ids=["no-class", "no-call", "unparseable-version"],
+)
+def test_a_broken_starlette_never_breaks_the_import(
+    tmp_path: Path, version: str, base_source: str, reason: str
+) -> None:
+    code = """
+import logging
+logging.basicConfig(level=logging.WARNING)
+import starlette_shield_patch
+import starlette.middleware.base
+report()
+"""
+    result = run_fresh(code, path=[fake_starlette(tmp_path, version, base_source)])
+    report = report_of(result)
+
+    assert not report["patched"]
+    assert reason in report["reason"]
+    assert "WARNING:starlette_shield_patch:" in result.stderr
