@@ -1,8 +1,8 @@
 from __future__ import annotations
 
 import sys
-from importlib.metadata import version
 from contextlib import contextmanager
+from importlib.metadata import version
 from typing import Iterator
 
 import pytest

@@ -5,7 +5,6 @@ from __future__ import annotations
 import glob
 import os
 from pathlib import Path
-from typing import List, Tuple
 
 import nox
 
@@ -32,7 +31,7 @@ def _pyenv_interpreters_on_path() -> None:
 _pyenv_interpreters_on_path()
 
 
-def anyio_requirements(starlette: str, which: str) -> List[str]:
+def anyio_requirements(starlette: str, which: str) -> list[str]:
     """anyio (with trio) as the starlette release allows it: its oldest or its newest."""
     if starlette in UNAFFECTED:
         return ["anyio[trio]"]
@@ -44,7 +43,7 @@ def anyio_requirements(starlette: str, which: str) -> List[str]:
     return [anyio, *trio]
 
 
-def matrix() -> List[Tuple[str, str, str]]:
+def matrix() -> list[tuple[str, str, str]]:
     rows = [(MAIN_PYTHON, release, which) for release in AFFECTED for which in ("oldest", "newest")]
     rows += [
         (python, release, which)
@@ -73,7 +72,7 @@ def tests(session: nox.Session, starlette: str, anyio: str) -> None:
 @nox.session(python=MAIN_PYTHON)
 def lint(session: nox.Session) -> None:
     """ruff and mypy --strict on the package, the tests, the demo and this file."""
-    session.install(".", "starlette==0.20.4", "anyio[trio]<5", "pytest", "nox", "mypy", "ruff")
+    session.install(".", "starlette==0.20.4", "anyio[trio]<5", "uvicorn", "pytest", "nox", "mypy", "ruff")
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
     session.run("mypy")

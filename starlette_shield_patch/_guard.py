@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import re
-from typing import NamedTuple, Optional, Tuple
+from typing import NamedTuple
 
 # starlette#1157 (0.15.0) moved BaseHTTPMiddleware onto anyio; starlette#1715 (0.21.0) fixed
 # "No response returned." on disconnect. Only the releases in between need the shim.
-AFFECTED_RANGE: Tuple[Tuple[int, int, int], Tuple[int, int, int]] = ((0, 15, 0), (0, 21, 0))
+AFFECTED_RANGE: tuple[tuple[int, int, int], tuple[int, int, int]] = ((0, 15, 0), (0, 21, 0))
 AFFECTED_RANGE_TEXT = "0.15.0 <= starlette < 0.21.0"
 
 # The release segment of a PEP 440 version; pre, post, dev and local parts are ignored, so
 # "0.20.4.post1" and "0.20.4+corp.1" count as 0.20.4 and "0.21.0rc1" as 0.21.0 (it carries the fix).
-_RELEASE = re.compile(r"\s*v?(\d+)(?:\.(\d+))?(?:\.(\d+))?(?:\.\d+)*(?:[-_.+!]?[a-z0-9][a-z0-9.+_-]*)?\s*$", re.I)
+_RELEASE = re.compile(
+    r"\s*v?(\d+)(?:\.(\d+))?(?:\.(\d+))?(?:\.\d+)*(?:[-_.+!]?[a-z0-9][a-z0-9.+_-]*)?\s*$", re.I
+)
 
 
 class Verdict(NamedTuple):
@@ -23,7 +25,7 @@ class Verdict(NamedTuple):
     readable: bool = True
 
 
-def parse_release(version: str) -> Optional[Tuple[int, int, int]]:
+def parse_release(version: str) -> tuple[int, int, int] | None:
     """Return (major, minor, micro) of a version string, or None when it cannot be read."""
     match = _RELEASE.match(version)
     if match is None:
@@ -32,7 +34,7 @@ def parse_release(version: str) -> Optional[Tuple[int, int, int]]:
     return int(major), int(minor or 0), int(micro or 0)
 
 
-def affected(version: Optional[str]) -> Verdict:
+def affected(version: str | None) -> Verdict:
     """Say whether starlette `version` has the BaseHTTPMiddleware disconnect bug."""
     if version is None:
         return Verdict(False, "starlette does not declare its version", readable=False)

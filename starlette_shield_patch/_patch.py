@@ -7,7 +7,7 @@ import sys
 import threading
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 from ._guard import affected
 
@@ -22,7 +22,7 @@ class ShieldStatus:
 
     patched: bool
     reason: str
-    starlette_version: Optional[str]
+    starlette_version: str | None
     armed: bool
 
 
@@ -31,9 +31,9 @@ _armed = False  # apply() was called and remove() was not: the import hook may p
 _force = False
 _via = ""
 _hook_registered = False
-_patched_class: Optional[type] = None
-_original: Optional[Callable[..., Any]] = None  # what __call__ was before we wrapped it, kept once
-_wrapper: Optional[Callable[..., Any]] = None
+_patched_class: type | None = None
+_original: Callable[..., Any] | None = None  # what __call__ was before we wrapped it, kept once
+_wrapper: Callable[..., Any] | None = None
 _reason = "not applied"
 
 
@@ -53,7 +53,7 @@ def remove() -> None:
         from . import _shield
 
         if _patched_class.__dict__.get("__call__") is _wrapper:
-            setattr(_patched_class, "__call__", _original)
+            setattr(_patched_class, "__call__", _original)  # noqa: B010  # a class attribute, by name
             _reason = "removed by remove(); the original BaseHTTPMiddleware.__call__ is back"
         elif _in_chain():
             # Someone wrapped __call__ on top of ours (sentry-sdk does): putting the original
@@ -134,7 +134,7 @@ def _patch(module: ModuleType) -> None:
     cls = module.BaseHTTPMiddleware
     original = cls.__dict__["__call__"]
     wrapper = wrapt.FunctionWrapper(original, _shield.wrapper_for(original))
-    setattr(cls, "__call__", wrapper)
+    setattr(cls, "__call__", wrapper)  # noqa: B010
     _shield.enabled = True
     _original, _wrapper, _patched_class = original, wrapper, cls
     if verdict.affected:
@@ -167,6 +167,6 @@ def _in_chain() -> bool:
     return False
 
 
-def _starlette_version() -> Optional[str]:
+def _starlette_version() -> str | None:
     version = getattr(sys.modules.get("starlette"), "__version__", None)
     return version if isinstance(version, str) else None

@@ -5,7 +5,7 @@ Imported only once starlette.middleware.base is, so anyio is already loaded by t
 
 from __future__ import annotations
 
-from typing import Any, Awaitable, Callable, Dict, Tuple
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Dict
 
 import wrapt
 from anyio import BrokenResourceError, ClosedResourceError, WouldBlock
@@ -14,6 +14,11 @@ from anyio.streams.memory import MemoryObjectSendStream
 
 Message = Dict[str, Any]
 Send = Callable[[Message], Awaitable[None]]
+
+if TYPE_CHECKING:
+    _Proxy = wrapt.ObjectProxy[Any]
+else:
+    _Proxy = wrapt.ObjectProxy  # not subscriptable at run time on wrapt 1.x
 
 _memory_send = MemoryObjectSendStream.send
 
@@ -52,10 +57,10 @@ def _start_first(stream: MemoryObjectSendStream[Message]) -> Send:
     return send_start_first
 
 
-class _Layer(wrapt.ObjectProxy):  # type: ignore[misc]
+class _Layer(_Proxy):
     """The middleware itself, as `self` inside the original __call__, but for `self.app`."""
 
-    def app(self, scope: Dict[str, Any], receive: Any, send: Send) -> Awaitable[None]:
+    def app(self, scope: dict[str, Any], receive: Any, send: Send) -> Awaitable[None]:
         # call_next runs `self.app(scope, request.receive, send_stream.send)`: hand the inner
         # app a send that delivers the response start to call_next first. It covers an inner
         # StreamingResponse, a nested BaseHTTPMiddleware and any pure ASGI middleware between.
@@ -71,8 +76,8 @@ def wrapper_for(original: Callable[..., Awaitable[None]]) -> Callable[..., Await
     def shield_response_start(
         wrapped: Callable[..., Awaitable[None]],
         instance: object,
-        args: Tuple[Any, ...],
-        kwargs: Dict[str, Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
     ) -> Awaitable[None]:
         if instance is None and args:  # called through the raw class attribute, self first
             instance, args = args[0], args[1:]

@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Awaitable, Callable, Dict, Iterator, List, Optional
+from typing import AsyncIterator, Awaitable, Callable, Iterator
 
 import anyio
 import starlette
 from starlette.middleware.base import BaseHTTPMiddleware
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response, StreamingResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-Message = Dict[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Dict[str, Any], Receive, Send], Awaitable[None]]
+__all__ = ["ASGIApp", "Message", "Receive", "Scope", "Send"]
+
 CallNext = Callable[[Request], Awaitable[Response]]
 
 # The releases that have the bug, written here independently of the package's own guard.
@@ -31,8 +30,8 @@ STARLETTE_HAS_ANYIO = tuple(int(part) for part in starlette.__version__.split(".
 class Outcome:
     """What one request through an app ended with."""
 
-    messages: List[Message] = field(default_factory=list)
-    error: Optional[BaseException] = None
+    messages: list[Message] = field(default_factory=list)
+    error: BaseException | None = None
     timed_out: bool = False
     elapsed: float = 0.0
 
@@ -67,7 +66,7 @@ def expect_bug_only_unpatched(outcome: Outcome, shim: str) -> None:
         assert outcome.clean, outcome
 
 
-def http_scope(method: str = "POST", path: str = "/") -> Dict[str, Any]:
+def http_scope(method: str = "POST", path: str = "/") -> Scope:
     return {
         "type": "http",
         "asgi": {"version": "3.0", "spec_version": "2.1"},
@@ -118,7 +117,7 @@ def run(
     receive: Receive,
     *,
     backend: str,
-    scope: Optional[Dict[str, Any]] = None,
+    scope: Scope | None = None,
     timeout: float = 5.0,
 ) -> Outcome:
     """Run one request through `app`, bounded by `timeout` seconds."""
@@ -157,7 +156,7 @@ def stack(app: ASGIApp, *dispatches: Callable[[Request, CallNext], Awaitable[Res
 def reads_body_then_answers(work: float = 0.01) -> ASGIApp:
     """The endpoint of the bug report: read the body, work briefly, answer."""
 
-    async def endpoint(scope: Dict[str, Any], receive: Receive, send: Send) -> None:
+    async def endpoint(scope: Scope, receive: Receive, send: Send) -> None:
         await Request(scope, receive).body()
         await anyio.sleep(work)
         await PlainTextResponse("done")(scope, receive, send)
@@ -166,7 +165,7 @@ def reads_body_then_answers(work: float = 0.01) -> ASGIApp:
 
 
 def reads_body_then_streams(work: float = 0.01, chunks: int = 3) -> ASGIApp:
-    async def endpoint(scope: Dict[str, Any], receive: Receive, send: Send) -> None:
+    async def endpoint(scope: Scope, receive: Receive, send: Send) -> None:
         await Request(scope, receive).body()
         await anyio.sleep(work)
 

@@ -8,7 +8,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Sequence
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -28,7 +28,9 @@ def disconnect_outcome():
     from tests.asgi import client_gone_after_body, pass_through, reads_body_then_answers, run, stack
     outcome = run(stack(reads_body_then_answers(), pass_through, pass_through),
                   client_gone_after_body(), backend="asyncio")
-    return "clean" if outcome.clean else "no-response-returned" if outcome.no_response_returned else repr(outcome.error)
+    if outcome.clean:
+        return "clean"
+    return "no-response-returned" if outcome.no_response_returned else repr(outcome.error)
 """
 
 
@@ -36,11 +38,11 @@ def run_fresh(
     code: str,
     *,
     python: str = sys.executable,
-    env: Optional[Dict[str, str]] = None,
+    env: dict[str, str] | None = None,
     path: Sequence[Path] = (),
     cwd: Path = ROOT,
     timeout: float = 60,
-) -> "subprocess.CompletedProcess[str]":
+) -> subprocess.CompletedProcess[str]:
     """Run `code` (with report() and disconnect_outcome() defined) in a new interpreter."""
     environment = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "STARLETTE_SHIELD"))}
     environment["PYTHONPATH"] = os.pathsep.join([*map(str, path), str(ROOT)])
@@ -51,10 +53,10 @@ def run_fresh(
     )
 
 
-def report_of(result: "subprocess.CompletedProcess[str]") -> Dict[str, Any]:
+def report_of(result: subprocess.CompletedProcess[str]) -> dict[str, Any]:
     """The one JSON line the script printed; fails when anything else reached stdout."""
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert len(lines) == 1, result.stdout
-    report: Dict[str, Any] = json.loads(lines[0])
+    report: dict[str, Any] = json.loads(lines[0])
     return report

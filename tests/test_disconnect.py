@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict
-
 import pytest
 import starlette
 
 from conftest import shim_state
-
 from tests.asgi import (
     STARLETTE_HAS_ANYIO,
     ASGIApp,
+    Message,
     Receive,
+    Scope,
     Send,
     client_gone_after_body,
     expect_bug_only_unpatched,
@@ -67,8 +66,8 @@ def test_one_layer_over_a_streaming_response(shim: str, backend: str) -> None:
 def forwarding_middleware(app: ASGIApp) -> ASGIApp:
     """A pure ASGI middleware that edits the start, as CORSMiddleware does."""
 
-    async def middleware(scope: Dict[str, Any], receive: Receive, send: Send) -> None:
-        async def send_with_header(message: Dict[str, Any]) -> None:
+    async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
+        async def send_with_header(message: Message) -> None:
             if message["type"] == "http.response.start":
                 message["headers"] = [*message["headers"], (b"x-forwarded-by", b"asgi")]
             await send(message)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
-
 import pytest
 
 from starlette_shield_patch._guard import affected, parse_release
@@ -41,7 +39,7 @@ def test_suffixes_count_as_their_release(version: str) -> None:
 
 
 @pytest.mark.parametrize("version", [None, "", "banana", "0.20.4 beta", "..."])
-def test_unreadable_versions_are_left_alone(version: Optional[str]) -> None:
+def test_unreadable_versions_are_left_alone(version: str | None) -> None:
     verdict = affected(version)
     assert not verdict.affected
     assert not verdict.readable
@@ -60,5 +58,5 @@ def test_unreadable_versions_are_left_alone(version: Optional[str]) -> None:
         ("0.15.0rc2", (0, 15, 0)),
     ],
 )
-def test_parse_release(version: str, release: Tuple[int, int, int]) -> None:
+def test_parse_release(version: str, release: tuple[int, int, int]) -> None:
     assert parse_release(version) == release

@@ -34,7 +34,9 @@ def test_importing_the_shim_imports_neither_starlette_nor_anyio() -> None:
     ids=["shim-first", "shim-after", "imported-twice", "applied-twice"],
 )
 def test_import_order(order: str) -> None:
-    code = order + """
+    code = (
+        order
+        + """
 from starlette.middleware.base import BaseHTTPMiddleware
 call = BaseHTTPMiddleware.__dict__["__call__"]
 depth = 0
@@ -42,6 +44,7 @@ while hasattr(call, "__wrapped__"):
     call, depth = call.__wrapped__, depth + 1
 report(outcome=disconnect_outcome(), wrappers=depth)
 """
+    )
     report = report_of(run_fresh(code))
 
     assert report["patched"] is STARLETTE_AFFECTED

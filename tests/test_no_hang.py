@@ -64,6 +64,7 @@ def test_an_unconditional_shield_would_hang(backend: str, monkeypatch: pytest.Mo
     A real unconditional shield waits forever, and no timeout can cancel it; this one gives up
     after SHIELD_GIVES_UP seconds so that the test ends.
     """
+
     async def shielded_send(stream: MemoryObjectSendStream[Any], message: Any) -> None:
         with anyio.CancelScope(shield=True) as shield:
             shield.deadline = anyio.current_time() + SHIELD_GIVES_UP

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, AsyncIterator, Dict, List, Tuple
+from typing import AsyncIterator
 
 import anyio
 import pytest
@@ -17,6 +17,7 @@ from tests.asgi import (
     CallNext,
     Message,
     Receive,
+    Scope,
     Send,
     client_stays,
     pass_through,
@@ -35,8 +36,8 @@ async def adds_header(request: Request, call_next: CallNext) -> Response:
     return response
 
 
-def endpoint_for(kind: str, background_ran: List[str]) -> ASGIApp:
-    async def endpoint(scope: Dict[str, Any], receive: Receive, send: Send) -> None:
+def endpoint_for(kind: str, background_ran: list[str]) -> ASGIApp:
+    async def endpoint(scope: Scope, receive: Receive, send: Send) -> None:
         body = await Request(scope, receive).body()
         response: Response
         if kind == "plain":
@@ -60,8 +61,8 @@ def endpoint_for(kind: str, background_ran: List[str]) -> ASGIApp:
     return endpoint
 
 
-def one_request(kind: str, backend: str, applied: bool) -> Tuple[List[Message], List[str]]:
-    background_ran: List[str] = []
+def one_request(kind: str, backend: str, applied: bool) -> tuple[list[Message], list[str]]:
+    background_ran: list[str] = []
     app = stack(endpoint_for(kind, background_ran), adds_header, pass_through)
     with shim_state(applied):
         outcome = run(app, client_stays(), backend=backend)
@@ -85,9 +86,9 @@ def test_ordinary_request_is_unchanged(backend: str, kind: str) -> None:
 
 @pytest.mark.parametrize("scope_type", ["websocket", "lifespan"])
 def test_other_scopes_get_the_servers_own_callables(shim: str, backend: str, scope_type: str) -> None:
-    seen: List[Tuple[Dict[str, Any], Receive, Send]] = []
+    seen: list[tuple[Scope, Receive, Send]] = []
 
-    async def inner(scope: Dict[str, Any], receive: Receive, send: Send) -> None:
+    async def inner(scope: Scope, receive: Receive, send: Send) -> None:
         seen.append((scope, receive, send))
 
     async def receive() -> Message:
@@ -96,7 +97,7 @@ def test_other_scopes_get_the_servers_own_callables(shim: str, backend: str, sco
     async def send(message: Message) -> None:
         raise AssertionError("not called")  # pragma: no cover
 
-    scope: Dict[str, Any] = {"type": scope_type, "asgi": {"version": "3.0"}}
+    scope: Scope = {"type": scope_type, "asgi": {"version": "3.0"}}
     app = stack(inner, pass_through, pass_through)
 
     anyio.run(app, scope, receive, send, backend=backend)
