@@ -65,7 +65,7 @@ def matrix() -> list[tuple[str, str, str]]:
 def tests(session: nox.Session, starlette: str, anyio: str) -> None:
     """The test suite on one Python, one starlette release, one end of its anyio range."""
     pin = "starlette" if starlette == "newest" else f"starlette=={starlette}"
-    session.install(".", pin, *anyio_requirements(starlette, anyio), "pytest", "exceptiongroup")
+    session.install(".", pin, *anyio_requirements(starlette, anyio), "pytest")
     session.run("python", "-m", "pytest", *session.posargs)
 
 
