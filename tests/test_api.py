@@ -14,7 +14,6 @@ import starlette_shield_patch
 from conftest import shim_state
 from tests.asgi import (
     STARLETTE_AFFECTED,
-    STARLETTE_HAS_ANYIO,
     client_gone_after_body,
     pass_through,
     reads_body_then_answers,
@@ -116,7 +115,6 @@ def test_concurrent_apply_and_remove_end_whole(original: Any) -> None:
     assert installed().__wrapped__ is original
 
 
-@pytest.mark.skipif(not STARLETTE_HAS_ANYIO, reason="needs an anyio BaseHTTPMiddleware")
 @only_affected
 def test_remove_under_someone_elses_wrapper_keeps_theirs(original: Any) -> None:
     """sentry-sdk style: a functools.wraps wrapper put on the class after the shim."""

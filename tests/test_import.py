@@ -11,7 +11,6 @@ from tests.asgi import STARLETTE_AFFECTED, STARLETTE_HAS_ANYIO
 from tests.fresh import report_of, run_fresh
 
 needs_anyio = pytest.mark.skipif(not STARLETTE_HAS_ANYIO, reason="needs an anyio BaseHTTPMiddleware")
-EXPECTED_OUTCOME = "clean" if STARLETTE_HAS_ANYIO else None
 
 
 def test_importing_the_shim_imports_neither_starlette_nor_anyio() -> None:
