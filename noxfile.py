@@ -65,14 +65,24 @@ def matrix() -> list[tuple[str, str, str]]:
 def tests(session: nox.Session, starlette: str, anyio: str) -> None:
     """The test suite on one Python, one starlette release, one end of its anyio range."""
     pin = "starlette" if starlette == "newest" else f"starlette=={starlette}"
-    session.install(".", pin, *anyio_requirements(starlette, anyio), "pytest")
+    session.install(".", pin, *anyio_requirements(starlette, anyio), "pytest", "uv")
     session.run("python", "-m", "pytest", *session.posargs)
 
 
 @nox.session(python=MAIN_PYTHON)
 def lint(session: nox.Session) -> None:
     """ruff and mypy --strict on the package, the tests, the demo and this file."""
-    session.install(".", "starlette==0.20.4", "anyio[trio]<5", "uvicorn", "pytest", "nox", "mypy", "ruff")
+    session.install(
+        ".",
+        "starlette==0.20.4",
+        "anyio[trio]<5",
+        "uvicorn",
+        "pytest",
+        "nox",
+        "mypy",
+        "ruff",
+        "types-setuptools",
+    )
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
     session.run("mypy")

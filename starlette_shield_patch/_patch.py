@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, Callable
 
+from ._activation import decide
 from ._guard import affected
 
 logger = logging.getLogger("starlette_shield_patch")
@@ -80,6 +81,11 @@ def status() -> ShieldStatus:
 def _apply(force: bool, via: str) -> None:
     global _armed, _force, _via, _hook_registered, _reason
     try:
+        go_ahead, force, via = decide(force, via)
+        if not go_ahead:  # the kill switch: not the hook, not an import, not apply()
+            _reason = f"disabled by {via}; {TARGET_MODULE} left alone"
+            logger.warning("%s", _reason)
+            return
         with _lock:
             _armed, _force, _via = True, force, via
             module = sys.modules.get(TARGET_MODULE)

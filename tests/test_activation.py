@@ -1,0 +1,237 @@
+"""Activation without code changes, in fresh virtual environments built from the wheel."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.asgi import STARLETTE_AFFECTED, STARLETTE_HAS_ANYIO
+from tests.fresh import ROOT
+
+pytestmark = pytest.mark.skipif(not STARLETTE_HAS_ANYIO, reason="needs an anyio BaseHTTPMiddleware")
+
+# Never imports starlette_shield_patch: whatever patches, patches without a code change.
+SCRIPT = """
+import json, sys
+before = sorted(m for m in ("starlette", "anyio", "wrapt", "starlette_shield_patch") if m in sys.modules)
+import starlette.middleware.base
+from scenario import client_gone_after_body, pass_through, reads_body_then_answers, run, stack
+outcome = run(stack(reads_body_then_answers(), pass_through, pass_through),
+              client_gone_after_body(), backend="asyncio")
+call = starlette.middleware.base.BaseHTTPMiddleware.__dict__["__call__"]
+print(json.dumps({"at_startup": before, "clean": outcome.clean,
+                  "no_response_returned": outcome.no_response_returned,
+                  "wrapped": type(call).__name__ != "function"}))
+"""
+
+
+def uv(*arguments: str) -> None:
+    subprocess.run([sys.executable, "-m", "uv", *arguments], check=True, capture_output=True, timeout=300)
+
+
+def make_venv(where: Path, *install: str) -> Path:
+    uv("venv", "--quiet", "--python", sys.executable, str(where))
+    python = where / "bin" / "python"
+    pins = [f"starlette=={version('starlette')}", f"anyio=={version('anyio')}"]
+    uv("pip", "install", "--quiet", "--python", str(python), *install, *pins)
+    return python
+
+
+@pytest.fixture(scope="session")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("wheel")
+    uv("build", "--quiet", "--wheel", "--out-dir", str(out), str(ROOT))
+    return next(out.glob("starlette_shield_patch-*.whl"))
+
+
+@pytest.fixture(scope="session")
+def scenario(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("scenario")
+    shutil.copy(ROOT / "tests" / "asgi.py", folder / "scenario.py")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def wheel_python(tmp_path_factory: pytest.TempPathFactory, wheel: Path) -> Path:
+    return make_venv(tmp_path_factory.mktemp("venv") / "venv", str(wheel))
+
+
+def run_in(
+    python: Path,
+    scenario: Path,
+    code: str = SCRIPT,
+    *,
+    doctor: tuple[str, ...] = (),
+    env: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """Run `code`, or with `doctor` `python -m starlette_shield_patch *doctor`, in a fresh interpreter."""
+    environment = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "STARLETTE_SHIELD"))}
+    environment["PYTHONPATH"] = str(scenario)
+    environment.update(env or {})
+    # cwd is the scenario folder: the source tree must not shadow the installed wheel.
+    command = ["-m", "starlette_shield_patch", *doctor] if doctor else ["-c", code]
+    return subprocess.run(
+        [str(python), *command], cwd=scenario, env=environment, capture_output=True, text=True, timeout=60
+    )
+
+
+def only_line(result: subprocess.CompletedProcess[str]) -> dict[str, Any]:
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == 1, result.stdout  # nothing of ours on stdout
+    report: dict[str, Any] = json.loads(lines[0])
+    return report
+
+
+def expect_patched(report: dict[str, Any], patched: bool, *, forced: bool = False) -> None:
+    assert report["wrapped"] is (patched and (STARLETTE_AFFECTED or forced))
+    if STARLETTE_AFFECTED:
+        assert report["clean"] is patched
+        assert report["no_response_returned"] is not patched
+    else:
+        assert report["clean"]
+
+
+@pytest.mark.parametrize(
+    ("value", "kind"),
+    [
+        (None, "unset"),
+        ("", "unset"),
+        ("1", "on"),
+        (" TRUE ", "on"),
+        ("yes", "on"),
+        ("On", "on"),
+        ("0", "off"),
+        ("false", "off"),
+        (" NO ", "off"),
+        ("off", "off"),
+        ("force", "force"),
+        ("FORCE", "force"),
+        ("bogus", "invalid"),
+    ],
+)
+def test_the_variable_at_startup(wheel_python: Path, scenario: Path, value: str | None, kind: str) -> None:
+    env = {} if value is None else {"STARLETTE_SHIELD_PATCH": value}
+    result = run_in(wheel_python, scenario, env=env)
+    report = only_line(result)
+
+    expect_patched(report, kind in ("on", "force"), forced=kind == "force")
+    assert "starlette" not in report["at_startup"] and "anyio" not in report["at_startup"]
+    if kind in ("on", "force"):
+        assert report["at_startup"] == ["starlette_shield_patch", "wrapt"]
+    else:
+        assert report["at_startup"] == []  # unset, off or invalid: the hook imports nothing
+    if kind == "invalid":
+        assert result.stderr.count("STARLETTE_SHIELD_PATCH='bogus'") == 1, result.stderr
+        assert "accepted:" in result.stderr and "force" in result.stderr
+    else:
+        assert result.stderr == ""
+
+
+def test_the_kill_switch_beats_import_and_apply(wheel_python: Path, scenario: Path) -> None:
+    code = "import starlette_shield_patch\nstarlette_shield_patch.apply(force=True)\n" + SCRIPT
+    result = run_in(wheel_python, scenario, code, env={"STARLETTE_SHIELD_PATCH": "off"})
+
+    expect_patched(only_line(result), False)
+    assert "disabled by STARLETTE_SHIELD_PATCH=off" in result.stderr
+
+
+@pytest.mark.parametrize("order", ["shim-first", "shim-after", "twice"])
+def test_explicit_import_with_the_variable_on(wheel_python: Path, scenario: Path, order: str) -> None:
+    imports = {
+        "shim-first": "import starlette_shield_patch\nimport starlette.middleware.base\n",
+        "shim-after": "import starlette.middleware.base\nimport starlette_shield_patch\n",
+        "twice": "import starlette_shield_patch\nimport starlette_shield_patch\nstarlette_shield_patch.apply()\n",
+    }[order]
+    on = {"STARLETTE_SHIELD_PATCH": "on"}
+
+    expect_patched(only_line(run_in(wheel_python, scenario, imports + SCRIPT, env=on)), True)
+
+
+def test_remove_after_startup_activation(wheel_python: Path, scenario: Path) -> None:
+    code = (
+        "import starlette.middleware.base\nimport starlette_shield_patch\nstarlette_shield_patch.remove()\n"
+    )
+    result = run_in(wheel_python, scenario, code + SCRIPT, env={"STARLETTE_SHIELD_PATCH": "1"})
+
+    expect_patched(only_line(result), False)
+
+
+def test_sitecustomize_recipe(wheel_python: Path, scenario: Path, tmp_path: Path) -> None:
+    (tmp_path / "sitecustomize.py").write_text("import starlette_shield_patch\n")
+    result = run_in(wheel_python, scenario, env={"PYTHONPATH": f"{tmp_path}{os.pathsep}{scenario}"})
+    report = only_line(result)
+
+    expect_patched(report, True)
+    assert report["at_startup"] == ["starlette_shield_patch", "wrapt"]
+
+
+def test_a_broken_wrapt_never_stops_startup(wheel_python: Path, scenario: Path, tmp_path: Path) -> None:
+    (tmp_path / "wrapt.py").write_text("raise ImportError('wrapt is broken here')\n")
+    code = "import sys\nprint(sorted(m for m in ('starlette_shield_patch',) if m in sys.modules))"
+    result = run_in(
+        wheel_python,
+        scenario,
+        code,
+        env={"PYTHONPATH": f"{tmp_path}{os.pathsep}{scenario}", "STARLETTE_SHIELD_PATCH": "1"},
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "['starlette_shield_patch']\n"
+    assert "patching failed (ImportError: wrapt is broken here)" in result.stderr
+
+
+def test_uninstall_removes_the_startup_hook(wheel: Path, scenario: Path, tmp_path: Path) -> None:
+    python = make_venv(tmp_path / "venv", str(wheel))
+    hooks = list((tmp_path / "venv").glob("lib/python*/site-packages/starlette_shield_patch.pth"))
+    assert len(hooks) == 1
+    uv("pip", "uninstall", "--quiet", "--python", str(python), "starlette-shield-patch")
+
+    result = run_in(python, scenario, env={"STARLETTE_SHIELD_PATCH": "1"})
+
+    assert not hooks[0].exists()
+    expect_patched(only_line(result), False)
+    assert result.stderr == ""
+
+
+def test_editable_install_has_the_startup_hook(scenario: Path, tmp_path: Path) -> None:
+    python = make_venv(tmp_path / "venv", "--editable", str(ROOT))
+
+    expect_patched(only_line(run_in(python, scenario, env={"STARLETTE_SHIELD_PATCH": "1"})), True)
+    expect_patched(only_line(run_in(python, scenario)), False)
+
+
+@pytest.mark.parametrize(("value", "exit_code"), [(None, 0), ("1", 0), ("0", 1 if STARLETTE_AFFECTED else 0)])
+def test_doctor_self_test(wheel_python: Path, scenario: Path, value: str | None, exit_code: int) -> None:
+    env = {} if value is None else {"STARLETTE_SHIELD_PATCH": value}
+    result = run_in(wheel_python, scenario, doctor=("--self-test", "--json"), env=env)
+    report = json.loads(result.stdout)
+
+    assert result.returncode == exit_code, result.stderr
+    assert report["starlette"] == version("starlette")
+    assert report["affected"] is STARLETTE_AFFECTED
+    assert report["startup_hook"] and report["startup_hook"].endswith("starlette_shield_patch.pth")
+    expected_without = "No response returned." if STARLETTE_AFFECTED else "clean"
+    assert report["self_test"]["without_shim"] == expected_without
+    assert report["self_test"]["with_shim"] == ("clean" if exit_code == 0 else expected_without)
+    assert report["self_test"]["ok"] is (exit_code == 0)
+
+
+def test_doctor_text(wheel_python: Path, scenario: Path) -> None:
+    result = run_in(wheel_python, scenario, doctor=("--self-test",))
+
+    assert result.returncode == 0, result.stderr
+    names = [line.split("  ")[0] for line in result.stdout.splitlines()]
+    assert names == [
+        "Python", "starlette", "anyio", "wrapt", "STARLETTE_SHIELD_PATCH", "startup hook",
+        "the shim would", "without the shim", "with the shim", "self-test",
+    ]  # fmt: skip
+    assert version("starlette") in result.stdout
