@@ -149,7 +149,7 @@ def test_explicit_import_with_the_variable_on(wheel_python: Path, scenario: Path
     imports = {
         "shim-first": "import starlette_shield_patch\nimport starlette.middleware.base\n",
         "shim-after": "import starlette.middleware.base\nimport starlette_shield_patch\n",
-        "twice": "import starlette_shield_patch\nimport starlette_shield_patch\nstarlette_shield_patch.apply()\n",
+        "twice": "import starlette_shield_patch as a\nimport starlette_shield_patch as b\nb.apply()\n",
     }[order]
     on = {"STARLETTE_SHIELD_PATCH": "on"}
 
