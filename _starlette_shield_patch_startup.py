@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import NamedTuple
 
 VARIABLE = "STARLETTE_SHIELD_PATCH"
 ON = ("1", "true", "yes", "on")
@@ -20,11 +19,14 @@ running = False  # True while the startup hook imports the package
 _warned = False
 
 
-class Switch(NamedTuple):
+class Switch:
     """What the variable says: "unset", "on", "off", "force" or "invalid", and its raw value."""
 
-    kind: str
-    raw: str
+    __slots__ = ("kind", "raw")
+
+    def __init__(self, kind: str, raw: str) -> None:
+        self.kind = kind
+        self.raw = raw
 
 
 def read_switch() -> Switch:

@@ -1,33 +1,44 @@
-"""apply(), remove() and status(): the wrapt wrapper on BaseHTTPMiddleware.__call__ and its hook."""
+"""apply(), remove() and status(): the wrapt wrapper on BaseHTTPMiddleware.__call__ and its hook.
+
+Importing this costs next to nothing: logging, the version guard, wrapt and anyio are imported
+only when there is something to log or to patch.
+"""
 
 from __future__ import annotations
 
-import logging
+import _thread
 import sys
-import threading
-from dataclasses import dataclass
-from types import ModuleType
-from typing import Any, Callable
 
 from ._activation import decide
-from ._guard import affected
 
-logger = logging.getLogger("starlette_shield_patch")
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from logging import Logger
+    from types import ModuleType
+    from typing import Any, Callable
 
 TARGET_MODULE = "starlette.middleware.base"
 
 
-@dataclass(frozen=True)
 class ShieldStatus:
     """What the shim did in this process, and why."""
 
-    patched: bool
-    reason: str
-    starlette_version: str | None
-    armed: bool
+    __slots__ = ("armed", "patched", "reason", "starlette_version")
+
+    def __init__(self, patched: bool, reason: str, starlette_version: str | None, armed: bool) -> None:
+        self.patched = patched
+        self.reason = reason
+        self.starlette_version = starlette_version
+        self.armed = armed
+
+    def __repr__(self) -> str:
+        return (
+            f"ShieldStatus(patched={self.patched!r}, reason={self.reason!r}, "
+            f"starlette_version={self.starlette_version!r}, armed={self.armed!r})"
+        )
 
 
-_lock = threading.RLock()
+_lock = _thread.RLock()
 _armed = False  # apply() was called and remove() was not: the import hook may patch
 _force = False
 _via = ""
@@ -36,6 +47,12 @@ _patched_class: type | None = None
 _original: Callable[..., Any] | None = None  # what __call__ was before we wrapped it, kept once
 _wrapper: Callable[..., Any] | None = None
 _reason = "not applied"
+
+
+def logger() -> Logger:
+    import logging
+
+    return logging.getLogger("starlette_shield_patch")
 
 
 def apply(force: bool = False) -> None:
@@ -48,6 +65,7 @@ def remove() -> None:
     global _armed, _original, _wrapper, _patched_class, _reason
     with _lock:
         _armed = False
+        _drop_finder()
         if _wrapper is None or _patched_class is None:
             _reason = "removed by remove(); nothing was patched"
             return
@@ -64,7 +82,7 @@ def remove() -> None:
                 "removed by remove(); another wrapper sits on top of the shim's, so the shim "
                 "stays in the chain and passes every call through unchanged"
             )
-            logger.warning("remove(): %s", _reason)
+            logger().warning("remove(): %s", _reason)
             return
         else:
             _reason = "removed by remove(); BaseHTTPMiddleware.__call__ had been replaced by others"
@@ -79,12 +97,12 @@ def status() -> ShieldStatus:
 
 
 def _apply(force: bool, via: str) -> None:
-    global _armed, _force, _via, _hook_registered, _reason
+    global _armed, _force, _via, _reason
     try:
         go_ahead, force, via = decide(force, via)
         if not go_ahead:  # the kill switch: not the hook, not an import, not apply()
             _reason = f"disabled by {via}; {TARGET_MODULE} left alone"
-            logger.warning("%s", _reason)
+            logger().warning("%s", _reason)
             return
         with _lock:
             _armed, _force, _via = True, force, via
@@ -93,15 +111,48 @@ def _apply(force: bool, via: str) -> None:
                 _patch(module)
                 return
             _reason = f"armed by {via}: waiting for {TARGET_MODULE} to be imported"
-            register = not _hook_registered
-            _hook_registered = True
-        if register:
-            import wrapt
-
-            # Calls the hook at once if another thread imported the module meanwhile.
-            wrapt.register_post_import_hook(_on_import, TARGET_MODULE)
+            if _hook_registered:
+                return
+            if "starlette" not in sys.modules:
+                # wrapt costs tens of milliseconds to import (wrapt 2 pulls in asyncio): leave it
+                # until starlette, which costs more, is imported.
+                if not any(isinstance(finder, _WhenStarletteIsImported) for finder in sys.meta_path):
+                    sys.meta_path.insert(0, _WhenStarletteIsImported())
+                return
+        _register_hook()
     except Exception as exc:  # never let the shim become the app's failure
         _fail(exc)
+
+
+class _WhenStarletteIsImported:
+    """A meta path finder that finds nothing: it registers the wrapt hook as starlette loads."""
+
+    @staticmethod
+    def find_spec(name: str, path: object = None, target: object = None) -> None:
+        if name == "starlette":  # a package is imported before its submodules
+            try:
+                _drop_finder()
+                _register_hook()
+            except Exception as exc:
+                _fail(exc)
+
+
+def _drop_finder() -> None:
+    sys.meta_path[:] = [
+        finder for finder in sys.meta_path if not isinstance(finder, _WhenStarletteIsImported)
+    ]
+
+
+def _register_hook() -> None:
+    global _hook_registered
+    with _lock:
+        if _hook_registered:
+            return
+        _hook_registered = True
+    import wrapt
+
+    # Calls the hook at once if another thread imported the module meanwhile.
+    wrapt.register_post_import_hook(_on_import, TARGET_MODULE)
 
 
 def _on_import(module: ModuleType) -> None:
@@ -117,7 +168,7 @@ def _on_import(module: ModuleType) -> None:
 def _fail(exc: Exception) -> None:
     global _reason
     _reason = f"patching failed ({type(exc).__name__}: {exc}); starlette left unpatched"
-    logger.warning("%s", _reason, exc_info=True)
+    logger().warning("%s", _reason, exc_info=True)
 
 
 def _patch(module: ModuleType) -> None:
@@ -127,11 +178,13 @@ def _patch(module: ModuleType) -> None:
 
         _shield.enabled = True  # re-enable a wrapper that remove() could only disable
         return
+    from ._guard import affected
+
     version = _starlette_version()
     verdict = affected(version)
     if not verdict.affected and not _force:
         _reason = f"{verdict.reason}; BaseHTTPMiddleware left alone"
-        (logger.debug if verdict.readable else logger.warning)("%s", _reason)
+        (logger().debug if verdict.readable else logger().warning)("%s", _reason)
         return
     import wrapt
 
@@ -145,10 +198,10 @@ def _patch(module: ModuleType) -> None:
     _original, _wrapper, _patched_class = original, wrapper, cls
     if verdict.affected:
         _reason = f"patched by {_via}: {verdict.reason}"
-        logger.info("%s", _reason)
+        logger().info("%s", _reason)
     else:
         _reason = f"patched by {_via} with force=True: {verdict.reason}"
-        logger.warning("%s", _reason)
+        logger().warning("%s", _reason)
 
 
 def _is_active() -> bool:

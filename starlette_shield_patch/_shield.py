@@ -57,21 +57,47 @@ def _start_first(stream: MemoryObjectSendStream[Message]) -> Send:
     return send_start_first
 
 
-class _Layer(_Proxy):
-    """The middleware itself, as `self` inside the original __call__, but for `self.app`."""
+def _deliver_start_first(
+    app: Callable[..., Awaitable[None]], scope: Any, receive: Any, send: Any
+) -> Awaitable[None]:
+    # call_next runs `self.app(scope, request.receive, send_stream.send)`: hand the inner app a
+    # send that delivers the response start to call_next first. It covers an inner
+    # StreamingResponse, a nested BaseHTTPMiddleware and any pure ASGI middleware between.
+    stream = getattr(send, "__self__", None)
+    if type(stream) is MemoryObjectSendStream and getattr(send, "__func__", None) is _memory_send:
+        send = _start_first(stream)
+    return app(scope, receive, send)
 
-    def app(self, scope: dict[str, Any], receive: Any, send: Send) -> Awaitable[None]:
-        # call_next runs `self.app(scope, request.receive, send_stream.send)`: hand the inner
-        # app a send that delivers the response start to call_next first. It covers an inner
-        # StreamingResponse, a nested BaseHTTPMiddleware and any pure ASGI middleware between.
-        stream = getattr(send, "__self__", None)
-        if type(stream) is MemoryObjectSendStream and getattr(send, "__func__", None) is _memory_send:
-            send = _start_first(stream)
-        return self.__wrapped__.app(scope, receive, send)  # type: ignore[no-any-return]
+
+class _StandIn:
+    """The middleware as `self` in starlette's own __call__, which reads only `dispatch_func`
+    and `app`: slots, so that the per-request path pays no attribute fallback."""
+
+    __slots__ = ("_middleware", "dispatch_func")
+
+    def __init__(self, middleware: Any) -> None:
+        self._middleware = middleware
+        self.dispatch_func = middleware.dispatch_func
+
+    def app(self, scope: Any, receive: Any, send: Any) -> Awaitable[None]:
+        return _deliver_start_first(self._middleware.app, scope, receive, send)
+
+    def __getattr__(self, name: str) -> Any:  # anything else a forced release might read
+        return getattr(self._middleware, name)
+
+
+class _Layer(_Proxy):
+    """The middleware itself, transparently, but for `self.app`: for a __call__ that others
+    wrapped before the shim, whose wrapper may look at `self` in any way."""
+
+    def app(self, scope: Any, receive: Any, send: Any) -> Awaitable[None]:
+        return _deliver_start_first(self.__wrapped__.app, scope, receive, send)
 
 
 def wrapper_for(original: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[None]]:
     """Build the wrapt wrapper for BaseHTTPMiddleware.__call__ around `original`."""
+    own = getattr(original, "__module__", None) == "starlette.middleware.base"
+    stand_in: Callable[[Any], Any] = _StandIn if own else _Layer
 
     def shield_response_start(
         wrapped: Callable[..., Awaitable[None]],
@@ -81,9 +107,9 @@ def wrapper_for(original: Callable[..., Awaitable[None]]) -> Callable[..., Await
     ) -> Awaitable[None]:
         if instance is None and args:  # called through the raw class attribute, self first
             instance, args = args[0], args[1:]
-        # websocket and lifespan scopes pass through untouched.
-        if enabled and args and args[0].get("type") == "http":
-            return original(_Layer(instance), *args, **kwargs)
+        if enabled:
+            # Other scopes reach the inner app with the server's own send: passed through as is.
+            return original(stand_in(instance), *args, **kwargs)
         return original(instance, *args, **kwargs)
 
     return shield_response_start

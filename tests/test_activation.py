@@ -126,7 +126,7 @@ def test_the_variable_at_startup(wheel_python: Path, scenario: Path, value: str 
     expect_patched(report, kind in ("on", "force"), forced=kind == "force")
     assert "starlette" not in report["at_startup"] and "anyio" not in report["at_startup"]
     if kind in ("on", "force"):
-        assert report["at_startup"] == ["starlette_shield_patch", "wrapt"]
+        assert report["at_startup"] == ["starlette_shield_patch"]  # wrapt waits for starlette
     else:
         assert report["at_startup"] == []  # unset, off or invalid: the hook imports nothing
     if kind == "invalid":
@@ -171,21 +171,17 @@ def test_sitecustomize_recipe(wheel_python: Path, scenario: Path, tmp_path: Path
     report = only_line(result)
 
     expect_patched(report, True)
-    assert report["at_startup"] == ["starlette_shield_patch", "wrapt"]
+    assert report["at_startup"] == ["starlette_shield_patch"]
 
 
-def test_a_broken_wrapt_never_stops_startup(wheel_python: Path, scenario: Path, tmp_path: Path) -> None:
+def test_a_broken_wrapt_never_stops_startup_nor_starlette(
+    wheel_python: Path, scenario: Path, tmp_path: Path
+) -> None:
     (tmp_path / "wrapt.py").write_text("raise ImportError('wrapt is broken here')\n")
-    code = "import sys\nprint(sorted(m for m in ('starlette_shield_patch',) if m in sys.modules))"
-    result = run_in(
-        wheel_python,
-        scenario,
-        code,
-        env={"PYTHONPATH": f"{tmp_path}{os.pathsep}{scenario}", "STARLETTE_SHIELD_PATCH": "1"},
-    )
+    env = {"PYTHONPATH": f"{tmp_path}{os.pathsep}{scenario}", "STARLETTE_SHIELD_PATCH": "1"}
+    result = run_in(wheel_python, scenario, env=env)
 
-    assert result.returncode == 0, result.stderr
-    assert result.stdout == "['starlette_shield_patch']\n"
+    expect_patched(only_line(result), False)
     assert "patching failed (ImportError: wrapt is broken here)" in result.stderr
 
 

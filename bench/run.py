@@ -1,0 +1,122 @@
+"""Per-request cost of the shim, as median ratios of alternating rounds (`scripts/bench`).
+
+Two long-lived workers per anyio version, one on starlette 0.20.4 (unpatched, patched, an empty
+wrapt wrapper) and one on 0.21.0 (the upstream fix). Rounds alternate between the variants, in
+a rotating order, each on fresh middleware instances; a ratio is taken per round, and the
+figure is the median over rounds, so drift on a shared machine cancels out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SHAPES = {"plain-1-layer": "(a) plain response, 1 layer", "stream100-3-layers": "(b) 100 chunks, 3 layers"}
+ROUND_SECONDS = 0.2
+
+
+class Worker:
+    def __init__(self, python: Path) -> None:
+        self.process = subprocess.Popen(
+            [str(python), "-m", "bench.worker"],
+            cwd=ROOT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYTHONPATH": str(ROOT), "STARLETTE_SHIELD_PATCH": ""},
+        )
+
+    def round(self, shape: str, variant: str, requests: int) -> float:
+        assert self.process.stdin and self.process.stdout
+        self.process.stdin.write(f"{shape} {variant} {requests}\n")
+        self.process.stdin.flush()
+        return float(self.process.stdout.readline())
+
+    def close(self) -> None:
+        if self.process.stdin:
+            self.process.stdin.close()
+        self.process.wait(timeout=30)
+
+
+def venv(where: Path, *requirements: str) -> Path:
+    if not (where / "bin" / "python").exists():
+        subprocess.run(["uv", "venv", "--quiet", "--python", sys.executable, str(where)], check=True)
+        install = ["uv", "pip", "install", "--quiet", "--python", str(where / "bin" / "python")]
+        subprocess.run([*install, str(ROOT), *requirements], check=True)
+    return where / "bin" / "python"
+
+
+def installed(python: Path, distribution: str) -> str:
+    code = f"import importlib.metadata as m; print(m.version({distribution!r}))"
+    return subprocess.run(
+        [str(python), "-c", code], capture_output=True, text=True, check=True
+    ).stdout.strip()
+
+
+def percent(ratio: float) -> str:
+    return f"{(ratio - 1) * 100:+.1f}%"
+
+
+def measure(fixed: Worker, upstream: Worker, shape: str, rounds: int) -> dict[str, float]:
+    probe = fixed.round(shape, "unpatched", 20) / 20
+    requests = max(10, int(ROUND_SECONDS / probe))
+    variants = [(fixed, "unpatched"), (fixed, "patched"), (fixed, "empty-wrapt"), (upstream, "unpatched")]
+    for worker, variant in variants:  # warm up every variant once
+        worker.round(shape, variant, requests)
+    ratios: dict[str, list[float]] = {"patched": [], "empty-wrapt": [], "0.21.0": []}
+    base_times: list[float] = []
+    for number in range(rounds):
+        order = variants[number % 4 :] + variants[: number % 4]
+        times = {(id(worker), variant): worker.round(shape, variant, requests) for worker, variant in order}
+        base = times[(id(fixed), "unpatched")]
+        base_times.append(base / requests)
+        ratios["patched"].append(times[(id(fixed), "patched")] / base)
+        ratios["empty-wrapt"].append(times[(id(fixed), "empty-wrapt")] / base)
+        ratios["0.21.0"].append(times[(id(upstream), "unpatched")] / base)
+    figures = {name: statistics.median(values) for name, values in ratios.items()}
+    figures["microseconds"] = statistics.median(base_times) * 1e6
+    figures["requests"] = requests
+    return figures
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rounds", type=int, default=21)
+    arguments = parser.parse_args()
+    cache = ROOT / ".bench"
+    rounds = f"{arguments.rounds} rounds of ~{ROUND_SECONDS}s per variant"
+    print(f"Python {platform.python_version()}, {os.cpu_count()} CPUs, {rounds}")
+    print()
+    print("| anyio | shape | unpatched, µs/request | shim | empty wrapt wrapper | starlette 0.21.0 |")
+    print("|---|---|---|---|---|---|")
+    for anyio in ("anyio==3.7.1", "anyio<5"):
+        tag = anyio.replace("==", "-").replace("<", "-lt-")
+        fixed_python = venv(cache / f"0.20.4-{tag}", "starlette==0.20.4", anyio)
+        upstream_python = venv(cache / f"0.21.0-{tag}", "starlette==0.21.0", anyio)
+        fixed, upstream = Worker(fixed_python), Worker(upstream_python)
+        try:
+            for shape, label in SHAPES.items():
+                figures = measure(fixed, upstream, shape, arguments.rounds)
+                cells = [
+                    installed(fixed_python, "anyio"),
+                    label,
+                    f"{figures['microseconds']:.0f}",
+                    percent(figures["patched"]),
+                    percent(figures["empty-wrapt"]),
+                    percent(figures["0.21.0"]),
+                ]
+                print("| " + " | ".join(cells) + " |", flush=True)
+        finally:
+            fixed.close()
+            upstream.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
