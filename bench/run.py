@@ -88,6 +88,8 @@ def measure(fixed: Worker, upstream: Worker, shape: str, rounds: int) -> dict[st
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rounds", type=int, default=21)
+    parser.add_argument("--anyio", action="append", choices=["3.7.1", "4"], help="default: both")
+    parser.add_argument("--shape", action="append", choices=list(SHAPES), help="default: all")
     arguments = parser.parse_args()
     cache = ROOT / ".bench"
     rounds = f"{arguments.rounds} rounds of ~{ROUND_SECONDS}s per variant"
@@ -95,13 +97,15 @@ def main() -> int:
     print()
     print("| anyio | shape | unpatched, µs/request | shim | empty wrapt wrapper | starlette 0.21.0 |")
     print("|---|---|---|---|---|---|")
-    for anyio in ("anyio==3.7.1", "anyio<5"):
+    anyios = {"3.7.1": "anyio==3.7.1", "4": "anyio<5"}
+    for anyio in [anyios[name] for name in arguments.anyio or anyios]:
         tag = anyio.replace("==", "-").replace("<", "-lt-")
         fixed_python = venv(cache / f"0.20.4-{tag}", "starlette==0.20.4", anyio)
         upstream_python = venv(cache / f"0.21.0-{tag}", "starlette==0.21.0", anyio)
         fixed, upstream = Worker(fixed_python), Worker(upstream_python)
         try:
-            for shape, label in SHAPES.items():
+            for shape in arguments.shape or SHAPES:
+                label = SHAPES[shape]
                 figures = measure(fixed, upstream, shape, arguments.rounds)
                 cells = [
                     installed(fixed_python, "anyio"),

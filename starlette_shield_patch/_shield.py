@@ -5,10 +5,11 @@ Imported only once starlette.middleware.base is, so anyio is already loaded by t
 
 from __future__ import annotations
 
+from contextlib import suppress
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Dict
 
 import wrapt
-from anyio import BrokenResourceError, ClosedResourceError, WouldBlock
+from anyio import BrokenResourceError, ClosedResourceError, WouldBlock, get_cancelled_exc_class
 from anyio.lowlevel import checkpoint
 from anyio.streams.memory import MemoryObjectSendStream
 
@@ -27,22 +28,25 @@ enabled = True
 
 
 async def _deliver_start(stream: MemoryObjectSendStream[Message], message: Message) -> None:
-    """Hand the response start to a waiting receiver first, then honour any cancellation."""
+    """MemoryObjectSendStream.send, but a pending cancellation still lets the start through."""
     # starlette#1634: on disconnect the inner StreamingResponse cancels its task group before it
-    # sends the start; MemoryObjectSendStream.send checks for cancellation *before* it delivers,
-    # so the start is dropped and the outer call_next raises "No response returned.".
-    # Unlike the unconditional shield of starlette#1710, this never waits under a shield: with
-    # nobody receiving (the outer dispatch gave up on call_next) it behaves exactly as unpatched.
+    # sends the start; send() checks for cancellation *before* it delivers, so the start is
+    # dropped and the outer call_next raises "No response returned.".
+    try:
+        await checkpoint()
+    except get_cancelled_exc_class():
+        # Hand the start to a call_next that is waiting for it, then let the cancellation stop
+        # the layer where it stopped unpatched: before it reads its body (on 0.15.0 and 0.16.0,
+        # which do not capture the inner app's errors, reading on would end in a
+        # BrokenResourceError). Nobody waiting (the outer dispatch gave up on call_next): no
+        # delivery and no wait. Unlike the shield of starlette#1710 this never blocks.
+        with suppress(WouldBlock, BrokenResourceError, ClosedResourceError):
+            stream.send_nowait(message)
+        raise
     try:
         stream.send_nowait(message)
-    except (WouldBlock, BrokenResourceError, ClosedResourceError):
-        await stream.send(message)
-    else:
-        # The checkpoint that send() takes before delivering, taken after it. Cancelling here
-        # stops the layer before it iterates its body, as unpatched: on 0.15.0 and 0.16.0, which
-        # do not capture the inner app's errors, that keeps a BrokenResourceError from the
-        # endpoint's next send out of the app.
-        await checkpoint()
+    except WouldBlock:
+        await stream.send(message)  # nobody waiting yet: the ordinary, cancellable send
 
 
 def _start_first(stream: MemoryObjectSendStream[Message]) -> Send:
@@ -57,16 +61,14 @@ def _start_first(stream: MemoryObjectSendStream[Message]) -> Send:
     return send_start_first
 
 
-def _deliver_start_first(
-    app: Callable[..., Awaitable[None]], scope: Any, receive: Any, send: Any
-) -> Awaitable[None]:
-    # call_next runs `self.app(scope, request.receive, send_stream.send)`: hand the inner app a
-    # send that delivers the response start to call_next first. It covers an inner
+def _inner_app_send(send: Any) -> Any:
+    """The send to hand the inner app: call_next's stream's, start first; any other as it is."""
+    # call_next runs `self.app(scope, request.receive, send_stream.send)`. This covers an inner
     # StreamingResponse, a nested BaseHTTPMiddleware and any pure ASGI middleware between.
     stream = getattr(send, "__self__", None)
     if type(stream) is MemoryObjectSendStream and getattr(send, "__func__", None) is _memory_send:
-        send = _start_first(stream)
-    return app(scope, receive, send)
+        return _start_first(stream)
+    return send
 
 
 class _StandIn:
@@ -80,7 +82,7 @@ class _StandIn:
         self.dispatch_func = middleware.dispatch_func
 
     def app(self, scope: Any, receive: Any, send: Any) -> Awaitable[None]:
-        return _deliver_start_first(self._middleware.app, scope, receive, send)
+        return self._middleware.app(scope, receive, _inner_app_send(send))  # type: ignore[no-any-return]
 
     def __getattr__(self, name: str) -> Any:  # anything else a forced release might read
         return getattr(self._middleware, name)
@@ -91,7 +93,7 @@ class _Layer(_Proxy):
     wrapped before the shim, whose wrapper may look at `self` in any way."""
 
     def app(self, scope: Any, receive: Any, send: Any) -> Awaitable[None]:
-        return _deliver_start_first(self.__wrapped__.app, scope, receive, send)
+        return self.__wrapped__.app(scope, receive, _inner_app_send(send))  # type: ignore[no-any-return]
 
 
 def wrapper_for(original: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[None]]:
