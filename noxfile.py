@@ -66,7 +66,16 @@ def tests(session: nox.Session, starlette: str, anyio: str) -> None:
     """The test suite on one Python, one starlette release, one end of its anyio range."""
     pin = "starlette" if starlette == "newest" else f"starlette=={starlette}"
     session.install(".", pin, *anyio_requirements(starlette, anyio), "pytest", "uv")
-    session.run("python", "-m", "pytest", *session.posargs)
+    session.run("python", "-m", "pytest", "-m", "not servers", *session.posargs)
+
+
+@nox.session(python=MAIN_PYTHON)
+@nox.parametrize("starlette", [AFFECTED[0], AFFECTED[-1]])
+def servers(session: nox.Session, starlette: str) -> None:
+    """Real servers and clients: uvicorn (asyncio, uvloop), hypercorn (trio), with and without."""
+    anyio = anyio_requirements(starlette, "newest")
+    session.install(".", f"starlette=={starlette}", *anyio, "uvicorn", "uvloop", "hypercorn[trio]", "pytest")
+    session.run("python", "-m", "pytest", "-m", "servers", *session.posargs)
 
 
 @nox.session(python=MAIN_PYTHON)

@@ -71,6 +71,27 @@ def _inner_app_send(send: Any) -> Any:
     return send
 
 
+def _disconnect_sticks(receive: Any) -> Any:
+    """The request's receive, but once it has said http.disconnect it says so at every call."""
+    # Stacked layers share one receive: whichever StreamingResponse listens first takes the
+    # disconnect. uvicorn repeats it; hypercorn says it once, so the outer layers would go on
+    # sending a response that the shim let start, and h11 fails on the missing body.
+    disconnected = False
+
+    async def receive_until_disconnect() -> Message:
+        nonlocal disconnected
+        if disconnected:
+            return {"type": "http.disconnect"}
+        message: Message = await receive()
+        disconnected = message["type"] == "http.disconnect"
+        return message
+
+    return receive_until_disconnect
+
+
+_sticky = _disconnect_sticks(None).__code__
+
+
 class _StandIn:
     """The middleware as `self` in starlette's own __call__, which reads only `dispatch_func`
     and `app`: slots, so that the per-request path pays no attribute fallback."""
@@ -109,9 +130,11 @@ def wrapper_for(original: Callable[..., Awaitable[None]]) -> Callable[..., Await
     ) -> Awaitable[None]:
         if instance is None and args:  # called through the raw class attribute, self first
             instance, args = args[0], args[1:]
-        if enabled:
-            # Other scopes reach the inner app with the server's own send: passed through as is.
-            return original(stand_in(instance), *args, **kwargs)
+        if enabled and len(args) == 3 and args[0].get("type") == "http":
+            scope, receive, send = args
+            if getattr(receive, "__code__", None) is not _sticky:  # the outermost layer
+                receive = _disconnect_sticks(receive)
+            return original(stand_in(instance), scope, receive, send, **kwargs)
         return original(instance, *args, **kwargs)
 
     return shield_response_start

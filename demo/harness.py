@@ -1,0 +1,188 @@
+"""Real servers on 127.0.0.1 and raw-socket clients that leave at chosen points.
+
+Used by the demo, the soak command and the integration tests. Every server is started and
+stopped here, within bounded time; clients time out on their own.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+ROOT = Path(__file__).resolve().parent.parent
+CLIENT_TIMEOUT = 10.0
+# "    | anyio.EndOfStream", "RuntimeError: No response returned.", "h11._util.LocalProtocolError: ..."
+EXCEPTION_LINE = re.compile(
+    r"[\s|]*((?:[a-z_][\w]*\.)*[A-Z]\w*(?:Error|Exception|Group|Disconnect|Stream))(?::|$)"
+)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@dataclass
+class Server:
+    port: int
+    process: subprocess.Popen[str]
+    log: str = ""
+    stopped_in: float = 0.0
+    exit_code: int | None = None
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def exceptions(self) -> Counter[str]:
+        """The exceptions the server logged, by type: the last line of each traceback."""
+        found: Counter[str] = Counter()
+        for line in self.log.splitlines():
+            match = EXCEPTION_LINE.match(line)
+            if match:
+                found[match.group(1).rsplit(".", 1)[-1]] += 1
+        return found
+
+    @property
+    def no_response_returned(self) -> int:
+        return self.log.count("RuntimeError: No response returned.")
+
+    @property
+    def asgi_errors(self) -> int:
+        return len(re.findall(r"Exception in ASGI application|Error in ASGI Framework", self.log))
+
+
+def rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+@contextmanager
+def serving(
+    app: str, *, server: str = "uvicorn", shim: bool, loop: str = "asyncio", env: dict[str, str] | None = None
+) -> Iterator[Server]:
+    """Serve `app` ("module:attribute") on a free port; stop it with SIGINT and keep its log."""
+    port = free_port()
+    if server == "uvicorn":
+        command = ["-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port), "--loop", loop]
+        command += ["--log-level", "warning", "--no-access-log"]
+    else:
+        command = ["-m", "hypercorn", app, "--bind", f"127.0.0.1:{port}", "--worker-class", loop]
+    environment = {k: v for k, v in os.environ.items() if not k.startswith(("STARLETTE_SHIELD", "PYTHON"))}
+    environment.update(PYTHONPATH=str(ROOT), DEMO_SHIM="1" if shim else "0", **(env or {}))
+    process = subprocess.Popen(
+        [sys.executable, *command],
+        cwd=ROOT,
+        env=environment,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    running = Server(port, process)
+    try:
+        wait_until_listening(running)
+        yield running
+    finally:
+        started = time.monotonic()
+        process.send_signal(signal.SIGINT)
+        try:
+            running.log = process.communicate(timeout=15)[1]
+        except subprocess.TimeoutExpired:
+            process.kill()
+            running.log = process.communicate()[1] + "\n(did not stop within 15 s: killed)\n"
+        running.stopped_in = time.monotonic() - started
+        running.exit_code = process.returncode
+
+
+def wait_until_listening(server: Server, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            raise RuntimeError(f"the server exited at startup: {server.process.communicate()[1]}")
+        try:
+            socket.create_connection(("127.0.0.1", server.port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on 127.0.0.1:{server.port} after {timeout}s")
+
+
+def request_bytes(method: str, path: str, body: bytes, declared: int | None = None) -> bytes:
+    length = len(body) if declared is None else declared
+    head = f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {length}\r\n"
+    head += "Connection: close\r\n\r\n"
+    return head.encode() + body
+
+
+def exchange(port: int, payload: bytes) -> bytes:
+    """Send a request and read the whole answer (by Content-Length or chunks); a client that stays.
+
+    Returns the status line and headers as sent, then the body, de-chunked.
+    """
+    with socket.create_connection(("127.0.0.1", port), timeout=CLIENT_TIMEOUT) as connection:
+        connection.sendall(payload)
+        buffer = b""
+
+        def fill(predicate: Callable[[bytes], bool]) -> None:
+            nonlocal buffer
+            while not predicate(buffer):
+                chunk = connection.recv(65536)
+                if not chunk:
+                    return
+                buffer += chunk
+
+        fill(lambda data: b"\r\n\r\n" in data)
+        head, _, buffer = buffer.partition(b"\r\n\r\n")
+        headers = head.lower()
+        if b"transfer-encoding: chunked" in headers:
+            body = b""
+            while True:
+                fill(lambda data: b"\r\n" in data)
+                size_line, _, buffer = buffer.partition(b"\r\n")
+                size = int(size_line.split(b";")[0] or b"0", 16)
+                fill(lambda data, size=size: len(data) >= size + 2)  # type: ignore[misc]
+                body, buffer = body + buffer[:size], buffer[size + 2 :]
+                if size == 0:
+                    break
+        else:
+            match = re.search(rb"content-length: *(\d+)", headers)
+            length = int(match.group(1)) if match else 0
+            fill(lambda data: len(data) >= length)
+            body = buffer[:length]
+    return head + b"\r\n\r\n" + body
+
+
+def leave_after(port: int, payload: bytes, seconds: float, read: int = 0) -> None:
+    """Send `payload`, read `read` bytes of the answer if asked, wait, and close: a client that leaves."""
+    with socket.create_connection(("127.0.0.1", port), timeout=CLIENT_TIMEOUT) as connection:
+        connection.sendall(payload)
+        received = 0
+        while received < read:
+            chunk = connection.recv(read - received)
+            if not chunk:
+                break
+            received += len(chunk)
+        time.sleep(seconds)
+        connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+
+
+@dataclass
+class Tally:
+    sent: int = 0
+    answered: int = 0
+    disconnected: int = 0
+    wrong: list[str] = field(default_factory=list)

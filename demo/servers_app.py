@@ -1,0 +1,73 @@
+"""The app the integration tests and the soak command serve: two BaseHTTPMiddleware layers."""
+
+from __future__ import annotations
+
+import os
+
+if os.environ.get("DEMO_SHIM") == "1":
+    import starlette_shield_patch  # noqa: F401
+
+from typing import AsyncIterator
+
+import anyio
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import PlainTextResponse, Response, StreamingResponse
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
+
+in_flight = 0  # requests that entered the app and have not left it
+
+
+async def pass_through(request: Request, call_next: RequestResponseEndpoint) -> Response:
+    return await call_next(request)
+
+
+async def slow(request: Request) -> Response:
+    try:
+        body = await request.body()
+    except ClientDisconnect:  # left before the body was complete: answer anyway, as apps do
+        return PlainTextResponse("incomplete body", status_code=400)
+    await anyio.sleep(float(request.query_params.get("work", "0.2")))
+    return PlainTextResponse(b"done " + body)
+
+
+async def stream(request: Request) -> Response:
+    await request.body()
+    chunks = int(request.query_params.get("chunks", "20"))
+    pause = float(request.query_params.get("pause", "0.01"))
+
+    async def body() -> AsyncIterator[bytes]:
+        for number in range(chunks):
+            yield b"chunk %03d\n" % number
+            await anyio.sleep(pause)
+
+    return StreamingResponse(body(), media_type="text/plain")
+
+
+async def stats(request: Request) -> Response:
+    return PlainTextResponse(f"{in_flight - 1}")  # this request itself does not count
+
+
+starlette_app = Starlette(
+    routes=[
+        Route("/slow", slow, methods=["POST"]),
+        Route("/stream", stream, methods=["POST"]),
+        Route("/stats", stats),
+    ],
+    middleware=[Middleware(BaseHTTPMiddleware, dispatch=pass_through)] * 2,
+)
+
+
+async def app(scope: Scope, receive: Receive, send: Send) -> None:
+    global in_flight
+    if scope["type"] != "http":
+        await starlette_app(scope, receive, send)
+        return
+    in_flight += 1
+    try:
+        await starlette_app(scope, receive, send)
+    finally:
+        in_flight -= 1
