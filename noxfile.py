@@ -66,7 +66,7 @@ def tests(session: nox.Session, starlette: str, anyio: str) -> None:
     """The test suite on one Python, one starlette release, one end of its anyio range."""
     pin = "starlette" if starlette == "newest" else f"starlette=={starlette}"
     session.install(".", pin, *anyio_requirements(starlette, anyio), "pytest", "uv")
-    session.run("python", "-m", "pytest", "-m", "not servers", *session.posargs)
+    session.run("python", "-m", "pytest", "-m", "not (servers or fastapi or neighbours)", *session.posargs)
 
 
 @nox.session(python=MAIN_PYTHON)
@@ -76,6 +76,28 @@ def servers(session: nox.Session, starlette: str) -> None:
     anyio = anyio_requirements(starlette, "newest")
     session.install(".", f"starlette=={starlette}", *anyio, "uvicorn", "uvloop", "hypercorn[trio]", "pytest")
     session.run("python", "-m", "pytest", "-m", "servers", *session.posargs)
+
+
+# FastAPI releases as pinned in the wild, and the starlette each one pins.
+FASTAPI = {"0.69.0": "0.15.0", "0.75.2": "0.17.1", "0.79.1": "0.19.1", "0.85.2": "0.20.4"}
+
+
+@nox.session(python=MAIN_PYTHON)
+@nox.parametrize("fastapi", list(FASTAPI))
+def fastapi(session: nox.Session, fastapi: str) -> None:
+    """FastAPI apps with two @app.middleware("http") functions, on the FastAPI that pinned it."""
+    starlette = FASTAPI[fastapi]
+    pins = [f"fastapi=={fastapi}", f"starlette=={starlette}", *anyio_requirements(starlette, "newest")]
+    session.install(".", *pins, "pytest")
+    session.run("python", "-m", "pytest", "-m", "fastapi", *session.posargs)
+
+
+@nox.session(python=MAIN_PYTHON)
+def neighbours(session: nox.Session) -> None:
+    """sentry-sdk's Starlette integration and OpenTelemetry's ASGI middleware next to the shim."""
+    neighbours = ["sentry-sdk", "opentelemetry-sdk", "opentelemetry-instrumentation-asgi"]
+    session.install(".", f"starlette=={AFFECTED[-1]}", "anyio[trio]<5", *neighbours, "pytest")
+    session.run("python", "-m", "pytest", "-m", "neighbours", *session.posargs)
 
 
 @nox.session(python=MAIN_PYTHON)
@@ -91,6 +113,7 @@ def lint(session: nox.Session) -> None:
         "mypy",
         "ruff",
         "types-setuptools",
+        "fastapi==0.85.2",
     )
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")

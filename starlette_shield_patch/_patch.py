@@ -216,14 +216,27 @@ def _in_chain() -> bool:
     """Whether our wrapper is BaseHTTPMiddleware.__call__ or under wrappers others put on top."""
     if _wrapper is None or _patched_class is None:
         return False
-    layer = _patched_class.__dict__.get("__call__")
-    for _ in range(32):  # functools.wraps sets __wrapped__; a cycle must not hang us
-        if layer is _wrapper:
-            return True
-        layer = getattr(layer, "__wrapped__", None)
-        if layer is None:
-            break
-    return False
+    return _reaches(_patched_class.__dict__.get("__call__"), depth=6)
+
+
+def _reaches(layer: object, depth: int) -> bool:
+    # Wrappers find what they wrap through __wrapped__ (functools.wraps), wrapt's _self_parent
+    # (a bound FunctionWrapper), or a closure cell (sentry-sdk keeps `old_call` in one).
+    if layer is _wrapper or getattr(layer, "_self_parent", None) is _wrapper:
+        return True
+    if depth == 0 or layer is None:
+        return False
+    below = [getattr(layer, "__wrapped__", None)]
+    below += [cell.cell_contents for cell in getattr(layer, "__closure__", None) or () if _filled(cell)]
+    return any(callable(inner) and _reaches(inner, depth - 1) for inner in below)
+
+
+def _filled(cell: Any) -> bool:
+    try:
+        cell.cell_contents  # noqa: B018
+    except ValueError:  # an empty cell
+        return False
+    return True
 
 
 def _starlette_version() -> str | None:
