@@ -1,4 +1,5 @@
-"""The app the integration tests and the soak command serve: two BaseHTTPMiddleware layers."""
+"""The app that the demo, the soak command and the integration tests serve: two
+BaseHTTPMiddleware layers over a slow endpoint and a streaming one, as in the bug reports."""
 
 from __future__ import annotations
 
@@ -18,6 +19,12 @@ from starlette.responses import PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+if os.environ.get("DEMO_DUMP"):
+    import faulthandler
+    import signal
+
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
+
 in_flight = 0  # requests that entered the app and have not left it
 
 
@@ -35,7 +42,10 @@ async def slow(request: Request) -> Response:
 
 
 async def stream(request: Request) -> Response:
-    await request.body()
+    try:
+        await request.body()
+    except ClientDisconnect:
+        return PlainTextResponse("incomplete body", status_code=400)
     chunks = int(request.query_params.get("chunks", "20"))
     pause = float(request.query_params.get("pause", "0.01"))
 

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import threading
-import time
 from typing import Callable
 
 import pytest
 
-from demo.harness import Server, exchange, leave_after, request_bytes, serving
+from demo.harness import Server, drain, exchange, leave_after, request_bytes, serving
 from tests.asgi import STARLETTE_AFFECTED
 
 pytestmark = pytest.mark.servers
@@ -32,18 +31,6 @@ SHOWS_THE_BUG = {
     "uvicorn": {"before-body-complete", "while-endpoint-works"},
     "hypercorn": {"while-endpoint-works"},
 }
-
-
-def in_flight(port: int) -> int:
-    answer = exchange(port, b"GET /stats HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
-    return int(answer.split(b"\r\n\r\n", 1)[1])
-
-
-def drain(port: int, timeout: float = 5.0) -> int:
-    deadline = time.monotonic() + timeout
-    while (left := in_flight(port)) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return left
 
 
 def serve_clients(server_name: str, case: str, shim: bool) -> tuple[Server, list[bytes], int]:
@@ -80,3 +67,18 @@ def test_clients_leave_mid_request(shim: str, server_name: str, case: str) -> No
     assert stream.startswith(b"HTTP/1.1 200") and b"chunk 004" in stream, stream
     assert left == 0
     assert server.exit_code == 0 and server.stopped_in < 10, server.log
+
+
+def test_soak_short() -> None:
+    """The soak command, shortened: 300 requests, 50 at a time, a third of the clients leaving."""
+    from demo.soak import soak
+
+    without, with_shim = (soak(shim, requests=300, concurrency=50, seed=1715) for shim in (False, True))
+
+    assert without.server and with_shim.server
+    if STARLETTE_AFFECTED:
+        assert without.server.no_response_returned > 0
+    assert not with_shim.server.exceptions(), with_shim.server.log
+    assert with_shim.in_flight_at_end == 0
+    assert with_shim.answered + with_shim.disconnected == with_shim.sent == 300
+    assert with_shim.rss_end_kib - with_shim.rss_start_kib < 4 * 1024
