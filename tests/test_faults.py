@@ -1,0 +1,125 @@
+"""Faults: the same outcome with and without the shim, and apply()/remove() under load."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import anyio
+import pytest
+from starlette.middleware.base import BaseHTTPMiddleware
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+
+import starlette_shield_patch
+from conftest import shim_state
+from tests.asgi import (
+    STARLETTE_HAS_ANYIO,
+    CallNext,
+    Message,
+    Receive,
+    Scope,
+    Send,
+    client_gone_after_body,
+    client_stays,
+    http_scope,
+    pass_through,
+    reads_body_then_answers,
+    run,
+    stack,
+)
+
+pytestmark = pytest.mark.skipif(not STARLETTE_HAS_ANYIO, reason="needs an anyio BaseHTTPMiddleware")
+
+
+async def raises(request: Request, call_next: CallNext) -> Response:
+    raise ValueError("from the dispatch")
+
+
+async def never_calls_call_next(request: Request, call_next: CallNext) -> Response:
+    return PlainTextResponse("answered by the dispatch", status_code=202)
+
+
+async def answers_after_call_next(request: Request, call_next: CallNext) -> Response:
+    await call_next(request)
+    return PlainTextResponse("replaced by the dispatch", status_code=203)
+
+
+async def endpoint_raises(scope: Scope, receive: Receive, send: Send) -> None:
+    await Request(scope, receive).body()
+    raise KeyError("from the endpoint")
+
+
+CASES: dict[str, Any] = {
+    "dispatch-raises": (reads_body_then_answers(), raises),
+    "dispatch-never-calls-call-next": (reads_body_then_answers(), never_calls_call_next),
+    "dispatch-returns-its-own-response": (reads_body_then_answers(), answers_after_call_next),
+    "endpoint-raises": (endpoint_raises, pass_through),
+}
+
+
+def summary(backend: str, case: str, gone: bool, applied: bool) -> tuple[list[str], list[Message]]:
+    endpoint, dispatch = CASES[case]
+    with shim_state(applied):
+        outcome = run(
+            stack(endpoint, dispatch, dispatch),
+            client_gone_after_body() if gone else client_stays(),
+            backend=backend,
+        )
+    assert not outcome.timed_out
+    return sorted(type(error).__name__ for error in outcome.errors()), outcome.messages
+
+
+@pytest.mark.parametrize("client", ["stays", "leaves"])
+@pytest.mark.parametrize("case", list(CASES))
+def test_same_outcome_with_and_without(backend: str, case: str, client: str) -> None:
+    gone = client == "leaves"
+    unpatched = summary(backend, case, gone, applied=False)
+    patched = summary(backend, case, gone, applied=True)
+
+    assert patched == unpatched
+
+
+def test_apply_and_remove_while_requests_are_in_flight() -> None:
+    """Requests run on the event loop while another thread flips the patch 400 times."""
+    original = BaseHTTPMiddleware.__dict__["__call__"]
+    stop = threading.Event()
+
+    def flip() -> None:
+        for turn in range(400):
+            (starlette_shield_patch.apply if turn % 2 else starlette_shield_patch.remove)()
+            if stop.is_set():
+                break
+
+    outcomes: list[bool] = []
+
+    async def many() -> None:
+        app = stack(reads_body_then_answers(work=0), pass_through, pass_through)
+
+        async def one() -> None:
+            sent: list[Message] = []
+
+            async def send(message: Message) -> None:
+                sent.append(message)
+
+            await app(http_scope(), client_stays(), send)
+            bodies = [message.get("body") for message in sent if message["type"] == "http.response.body"]
+            outcomes.append(bodies[:1] == [b"done"])
+
+        async with anyio.create_task_group() as group:
+            for _ in range(300):
+                group.start_soon(one)
+
+    with shim_state(False):
+        flipper = threading.Thread(target=flip)
+        flipper.start()
+        try:
+            anyio.run(many)
+        finally:
+            stop.set()
+            flipper.join()
+        current = BaseHTTPMiddleware.__dict__["__call__"]
+        assert current is original or current.__wrapped__ is original  # whole, never half
+        assert starlette_shield_patch.status().patched is (current is not original)
+
+    assert len(outcomes) == 300 and all(outcomes)
