@@ -81,15 +81,17 @@ def test_same_outcome_with_and_without(backend: str, case: str, client: str) -> 
 
 
 def test_apply_and_remove_while_requests_are_in_flight() -> None:
-    """Requests run on the event loop while another thread flips the patch 400 times."""
+    """300 requests run on the event loop while another thread flips the patch all along."""
     original = BaseHTTPMiddleware.__dict__["__call__"]
     stop = threading.Event()
 
+    flips = 0
+
     def flip() -> None:
-        for turn in range(400):
-            (starlette_shield_patch.apply if turn % 2 else starlette_shield_patch.remove)()
-            if stop.is_set():
-                break
+        nonlocal flips
+        while not stop.is_set() and flips < 1_000_000:
+            (starlette_shield_patch.apply if flips % 2 else starlette_shield_patch.remove)()
+            flips += 1
 
     outcomes: list[bool] = []
 
@@ -123,3 +125,4 @@ def test_apply_and_remove_while_requests_are_in_flight() -> None:
         assert starlette_shield_patch.status().patched is (current is not original)
 
     assert len(outcomes) == 300 and all(outcomes)
+    assert flips > 10
