@@ -82,7 +82,6 @@ def test_same_outcome_with_and_without(backend: str, case: str, client: str) -> 
 
 def test_apply_and_remove_while_requests_are_in_flight() -> None:
     """300 requests run on the event loop while another thread flips the patch all along."""
-    original = BaseHTTPMiddleware.__dict__["__call__"]
     stop = threading.Event()
 
     flips = 0
@@ -113,6 +112,7 @@ def test_apply_and_remove_while_requests_are_in_flight() -> None:
                 group.start_soon(one)
 
     with shim_state(False):
+        original = BaseHTTPMiddleware.__dict__["__call__"]
         flipper = threading.Thread(target=flip)
         flipper.start()
         try:
