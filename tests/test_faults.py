@@ -67,7 +67,10 @@ def summary(backend: str, case: str, gone: bool, applied: bool) -> tuple[list[st
             backend=backend,
         )
     assert not outcome.timed_out
-    return sorted(type(error).__name__ for error in outcome.errors()), outcome.messages
+    # The kinds of error, not how many: on 0.15.0 and 0.16.0 under trio, how many layers add a
+    # "No response returned." to an endpoint's error depends on which task the nursery
+    # cancels first, with or without the shim.
+    return sorted({type(error).__name__ for error in outcome.errors()}), outcome.messages
 
 
 @pytest.mark.parametrize("client", ["stays", "leaves"])
