@@ -21,8 +21,6 @@ if TYPE_CHECKING:
 else:
     _Proxy = wrapt.ObjectProxy  # not subscriptable at run time on wrapt 1.x
 
-_memory_send = MemoryObjectSendStream.send
-
 # False once remove() had to leave the wrapper in place under someone else's.
 enabled = True
 
@@ -49,8 +47,13 @@ async def _deliver_start(stream: MemoryObjectSendStream[Message], message: Messa
         await stream.send(message)  # nobody waiting yet: the ordinary, cancellable send
 
 
-def _start_first(stream: MemoryObjectSendStream[Message]) -> Send:
-    send = stream.send
+def _inner_app_send(send: Send) -> Send:
+    """The send to hand the inner app: call_next's stream's, start first; any other as it is."""
+    # call_next runs `self.app(scope, request.receive, send_stream.send)`. This covers an inner
+    # StreamingResponse, a nested BaseHTTPMiddleware and any pure ASGI middleware between.
+    stream = getattr(send, "__self__", None)
+    if type(stream) is not MemoryObjectSendStream:
+        return send
 
     def send_start_first(message: Message) -> Awaitable[None]:
         # A plain function that returns the awaitable: no extra coroutine per body chunk.
@@ -59,16 +62,6 @@ def _start_first(stream: MemoryObjectSendStream[Message]) -> Send:
         return send(message)
 
     return send_start_first
-
-
-def _inner_app_send(send: Any) -> Any:
-    """The send to hand the inner app: call_next's stream's, start first; any other as it is."""
-    # call_next runs `self.app(scope, request.receive, send_stream.send)`. This covers an inner
-    # StreamingResponse, a nested BaseHTTPMiddleware and any pure ASGI middleware between.
-    stream = getattr(send, "__self__", None)
-    if type(stream) is MemoryObjectSendStream and getattr(send, "__func__", None) is _memory_send:
-        return _start_first(stream)
-    return send
 
 
 def _disconnect_sticks(receive: Any) -> Any:
@@ -130,7 +123,7 @@ def wrapper_for(original: Callable[..., Awaitable[None]]) -> Callable[..., Await
     ) -> Awaitable[None]:
         if instance is None and args:  # called through the raw class attribute, self first
             instance, args = args[0], args[1:]
-        if enabled and len(args) == 3 and args[0].get("type") == "http":
+        if enabled and len(args) == 3 and args[0]["type"] == "http":
             scope, receive, send = args
             if getattr(receive, "__code__", None) is not _sticky:  # the outermost layer
                 receive = _disconnect_sticks(receive)
