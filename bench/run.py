@@ -44,11 +44,23 @@ class Worker:
         self.process.wait(timeout=30)
 
 
-def venv(where: Path, *requirements: str) -> Path:
+def venv(where: Path, *requirements: str, shim: bool = True) -> Path:
+    """A venv in `where` with `requirements` (and this package unless `shim` is False), kept.
+
+    Installed with compiled bytecode, as pip installs by default.
+    """
     if not (where / "bin" / "python").exists():
         subprocess.run(["uv", "venv", "--quiet", "--python", sys.executable, str(where)], check=True)
-        install = ["uv", "pip", "install", "--quiet", "--python", str(where / "bin" / "python")]
-        subprocess.run([*install, str(ROOT), *requirements], check=True)
+        install = [
+            "uv",
+            "pip",
+            "install",
+            "--quiet",
+            "--compile-bytecode",
+            "--python",
+            str(where / "bin" / "python"),
+        ]
+        subprocess.run([*install, *([str(ROOT)] if shim else []), *requirements], check=True)
     return where / "bin" / "python"
 
 

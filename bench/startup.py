@@ -43,15 +43,7 @@ def start(python: Path, variable: str) -> float:
 def main() -> int:
     cache = ROOT / ".bench"
     with_shim = venv(cache / "0.20.4-anyio-3.7.1", "starlette==0.20.4", "anyio==3.7.1")
-    without = cache / "startup-without"
-    if not (without / "bin" / "python").exists():
-        subprocess.run(["uv", "venv", "--quiet", "--python", sys.executable, str(without)], check=True)
-        subprocess.run(
-            ["uv", "pip", "install", "--quiet", "--python", str(without / "bin" / "python"),
-             "starlette==0.20.4", "anyio==3.7.1", "wrapt"],
-            check=True,
-        )  # fmt: skip
-    without_python = without / "bin" / "python"
+    without_python = venv(cache / "startup-without", "starlette==0.20.4", "anyio==3.7.1", "wrapt", shim=False)
 
     imports = [import_time(with_shim) for _ in range(15)]
     seen = imports[0][2]
