@@ -23,6 +23,9 @@ class Verdict(NamedTuple):
     affected: bool
     reason: str
     readable: bool = True
+    # 0.17.0 began to capture the inner app's errors in call_next; 0.15.0 and 0.16.0 let a send
+    # after the layer stopped reading its body (BrokenResourceError) end the whole request.
+    captures_inner_errors: bool = True
 
 
 def parse_release(version: str) -> tuple[int, int, int] | None:
@@ -46,4 +49,5 @@ def affected(version: str | None) -> Verdict:
         return Verdict(False, f"starlette {version} predates the anyio rewrite (starlette#1157)")
     if release >= first_fixed:
         return Verdict(False, f"starlette {version} already has the upstream fix (starlette#1715)")
-    return Verdict(True, f"starlette {version} is affected ({AFFECTED_RANGE_TEXT})")
+    reason = f"starlette {version} is affected ({AFFECTED_RANGE_TEXT})"
+    return Verdict(True, reason, captures_inner_errors=release >= (0, 17, 0))

@@ -192,7 +192,7 @@ def _patch(module: ModuleType) -> None:
 
     cls = module.BaseHTTPMiddleware
     original = cls.__dict__["__call__"]
-    wrapper = wrapt.FunctionWrapper(original, _shield.wrapper_for(original))
+    wrapper = wrapt.FunctionWrapper(original, _shield.wrapper_for(original, verdict.captures_inner_errors))
     setattr(cls, "__call__", wrapper)  # noqa: B010
     _shield.enabled = True
     _original, _wrapper, _patched_class = original, wrapper, cls

@@ -102,6 +102,27 @@ class _StandIn:
         return getattr(self._middleware, name)
 
 
+async def _drop_late_send_error(inner_call: Awaitable[None], send: Send) -> None:
+    """Await the inner app, dropping a BrokenResourceError from a send after the layer stopped
+    reading its body, as starlette 0.17.0 and later effectively do (they capture the inner
+    app's errors and raise them only when the body was read to its end)."""
+    try:
+        await inner_call
+    except BrokenResourceError:
+        stream = getattr(send, "__self__", None)
+        if type(stream) is not MemoryObjectSendStream or stream.statistics().open_receive_streams:
+            raise
+
+
+class _StandInDropping(_StandIn):
+    """_StandIn for 0.15.0 and 0.16.0."""
+
+    __slots__ = ()
+
+    def app(self, scope: Any, receive: Any, send: Any) -> Awaitable[None]:
+        return _drop_late_send_error(self._middleware.app(scope, receive, _inner_app_send(send)), send)
+
+
 class _Layer(_Proxy):
     """The middleware itself, transparently, but for `self.app`: for a __call__ that others
     wrapped before the shim, whose wrapper may look at `self` in any way."""
@@ -110,10 +131,25 @@ class _Layer(_Proxy):
         return self.__wrapped__.app(scope, receive, _inner_app_send(send))  # type: ignore[no-any-return]
 
 
-def wrapper_for(original: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[None]]:
+class _LayerDropping(_Layer):
+    """_Layer for 0.15.0 and 0.16.0."""
+
+    def app(self, scope: Any, receive: Any, send: Any) -> Awaitable[None]:
+        return _drop_late_send_error(self.__wrapped__.app(scope, receive, _inner_app_send(send)), send)
+
+
+def wrapper_for(
+    original: Callable[..., Awaitable[None]], captures_inner_errors: bool = True
+) -> Callable[..., Awaitable[None]]:
     """Build the wrapt wrapper for BaseHTTPMiddleware.__call__ around `original`."""
     own = getattr(original, "__module__", None) == "starlette.middleware.base"
-    stand_in: Callable[[Any], Any] = _StandIn if own else _Layer
+    stand_ins: dict[tuple[bool, bool], Callable[[Any], Any]] = {
+        (True, True): _StandIn,
+        (True, False): _StandInDropping,
+        (False, True): _Layer,
+        (False, False): _LayerDropping,
+    }
+    stand_in = stand_ins[own, captures_inner_errors]
 
     def shield_response_start(
         wrapped: Callable[..., Awaitable[None]],

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import starlette
 
-from conftest import shim_state
 from tests.asgi import (
     STARLETTE_HAS_ANYIO,
     ASGIApp,
@@ -37,23 +36,20 @@ def test_client_gone_while_endpoint_works(shim: str, backend: str, endpoint: str
     expect_bug_only_unpatched(run(app, client_gone_after_body(), backend=backend), shim)
 
 
-def test_one_layer_over_a_plain_response_is_unchanged(backend: str) -> None:
-    """Not the bug: one layer over a plain response ends the same way with or without the shim.
-
-    Cleanly, except on 0.15.0 and 0.16.0 with early anyio 3, where the endpoint's late body send
-    raises BrokenResourceError whether the shim is there or not (see README, limitations).
-    """
+def test_one_layer_over_a_plain_response(shim: str, backend: str) -> None:
+    """Not the stacked bug, but its cousin on 0.15.0 and 0.16.0, which do not capture the inner
+    app's errors: the endpoint's body send after the layer stopped reading raises
+    BrokenResourceError out of the request (with early anyio 3). With the shim: never."""
     app = stack(reads_body_then_answers(), pass_through)
-    outcomes = []
-    for applied in (False, True):
-        with shim_state(applied):
-            outcome = run(app, client_gone_after_body(), backend=backend)
-        outcomes.append(sorted(type(error).__name__ for error in outcome.errors()))
 
-    assert outcomes[0] == outcomes[1]
-    assert outcomes[1] in ([], ["BrokenResourceError"])
-    if outcomes[1]:
-        assert starlette.__version__ in ("0.15.0", "0.16.0")
+    outcome = run(app, client_gone_after_body(), backend=backend)
+
+    if shim == "unpatched" and starlette.__version__ in ("0.15.0", "0.16.0"):
+        assert outcome.clean or [type(error).__name__ for error in outcome.errors()] == [
+            "BrokenResourceError"
+        ]
+    else:
+        assert outcome.clean, outcome
 
 
 def test_one_layer_over_a_streaming_response(shim: str, backend: str) -> None:

@@ -60,3 +60,8 @@ def test_unreadable_versions_are_left_alone(version: str | None) -> None:
 )
 def test_parse_release(version: str, release: tuple[int, int, int]) -> None:
     assert parse_release(version) == release
+
+
+@pytest.mark.parametrize("version", AFFECTED_RELEASES)
+def test_which_releases_capture_the_inner_apps_errors(version: str) -> None:
+    assert affected(version).captures_inner_errors is (version not in ("0.15.0", "0.16.0"))
