@@ -28,6 +28,13 @@ EXCEPTION_LINE = re.compile(
 )
 
 
+def clean_environment(extra: dict[str, str]) -> dict[str, str]:
+    """This process's environment without PYTHON* or STARLETTE_SHIELD_PATCH, updated by `extra`."""
+    environment = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "STARLETTE_SHIELD"))}
+    environment.update(extra)
+    return environment
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -83,8 +90,9 @@ def serving(
         command += ["--log-level", "warning", "--no-access-log"]
     else:
         command = ["-m", "hypercorn", app, "--bind", f"127.0.0.1:{port}", "--worker-class", loop]
-    environment = {k: v for k, v in os.environ.items() if not k.startswith(("STARLETTE_SHIELD", "PYTHON"))}
-    environment.update(PYTHONPATH=str(ROOT), DEMO_SHIM="1" if shim else "0", **(env or {}))
+    environment = clean_environment(
+        {"PYTHONPATH": str(ROOT), "DEMO_SHIM": "1" if shim else "0", **(env or {})}
+    )
     # The log goes to a file: a pipe nobody reads while the server runs fills up after a few
     # dozen tracebacks, and the server then blocks in its logging call.
     with tempfile.TemporaryFile("w+") as log:

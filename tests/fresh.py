@@ -10,6 +10,8 @@ import textwrap
 from pathlib import Path
 from typing import Any, Sequence
 
+from demo.harness import clean_environment
+
 ROOT = Path(__file__).resolve().parent.parent
 
 # Prints, as the script's only line of stdout, what the shim did and how the disconnect went.
@@ -44,9 +46,9 @@ def run_fresh(
     timeout: float = 60,
 ) -> subprocess.CompletedProcess[str]:
     """Run `code` (with report() and disconnect_outcome() defined) in a new interpreter."""
-    environment = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "STARLETTE_SHIELD"))}
-    environment["PYTHONPATH"] = os.pathsep.join([*map(str, path), str(ROOT)])
-    environment.update(env or {})
+    environment = clean_environment(
+        {"PYTHONPATH": os.pathsep.join([*map(str, path), str(ROOT)]), **(env or {})}
+    )
     script = REPORT + textwrap.dedent(code)
     return subprocess.run(
         [python, "-c", script], cwd=cwd, env=environment, capture_output=True, text=True, timeout=timeout

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from demo.harness import clean_environment
 from tests.asgi import STARLETTE_AFFECTED, STARLETTE_HAS_ANYIO
 from tests.fresh import ROOT
 
@@ -73,9 +74,7 @@ def run_in(
     env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """Run `code`, or with `doctor` `python -m starlette_shield_patch *doctor`, in a fresh interpreter."""
-    environment = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "STARLETTE_SHIELD"))}
-    environment["PYTHONPATH"] = str(scenario)
-    environment.update(env or {})
+    environment = clean_environment({"PYTHONPATH": str(scenario), **(env or {})})
     # cwd is the scenario folder: the source tree must not shadow the installed wheel.
     command = ["-m", "starlette_shield_patch", *doctor] if doctor else ["-c", code]
     return subprocess.run(
