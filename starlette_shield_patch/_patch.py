@@ -192,7 +192,10 @@ def _patch(module: ModuleType) -> None:
 
     cls = module.BaseHTTPMiddleware
     original = cls.__dict__["__call__"]
-    wrapper = wrapt.FunctionWrapper(original, _shield.wrapper_for(original, verdict.captures_inner_errors))
+    shield = _shield.wrapper_for(
+        original, finish_after_response=True, captures_inner_errors=verdict.captures_inner_errors
+    )
+    wrapper = wrapt.FunctionWrapper(original, shield)
     setattr(cls, "__call__", wrapper)  # noqa: B010
     _shield.enabled = True
     _original, _wrapper, _patched_class = original, wrapper, cls

@@ -1,27 +1,42 @@
-"""The per-request code: deliver `http.response.start` to `call_next` despite a pending cancellation.
+"""The per-request code. Imported only once starlette.middleware.base is, so anyio is loaded by then.
 
-Imported only once starlette.middleware.base is, so anyio is already loaded by then.
+How a request flows: the wrapt wrapper on BaseHTTPMiddleware.__call__ (`wrapper_for`) runs
+starlette's own __call__ with a stand-in `self`. starlette reads two attributes of it:
+`dispatch_func` and `app`. The stand-in's `app` hands the inner app a `send` that delivers
+`http.response.start` despite a pending cancellation (the response-start fix), and, with the
+after-response fix, tracks the inner app in an `_InnerRun`; its `dispatch_func` returns the
+layer's response wrapped so that, once that response is sent, the layer lets the inner app finish
+instead of letting starlette cancel it.
 """
 
 from __future__ import annotations
 
 from contextlib import suppress
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, Dict
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Dict, List
 
 import wrapt
-from anyio import BrokenResourceError, ClosedResourceError, WouldBlock, get_cancelled_exc_class
+from anyio import (
+    BrokenResourceError,
+    CancelScope,
+    ClosedResourceError,
+    Event,
+    WouldBlock,
+    get_cancelled_exc_class,
+)
 from anyio.lowlevel import checkpoint
 from anyio.streams.memory import MemoryObjectSendStream
 
 Message = Dict[str, Any]
 Send = Callable[[Message], Awaitable[None]]
+Receive = Callable[[], Awaitable[Message]]
 
 if TYPE_CHECKING:
     _Proxy = wrapt.ObjectProxy[Any]
 else:
     _Proxy = wrapt.ObjectProxy  # not subscriptable at run time on wrapt 1.x
 
-# False once remove() had to leave the wrapper in place under someone else's.
+# False once remove() had to leave the wrapper in place under someone else's: every call passes
+# through. Written only by _patch.LIFECYCLE.
 enabled = True
 
 
@@ -47,12 +62,19 @@ async def _deliver_start(stream: MemoryObjectSendStream[Message], message: Messa
         await stream.send(message)  # nobody waiting yet: the ordinary, cancellable send
 
 
-def _inner_app_send(send: Send) -> Send:
-    """The send to hand the inner app: call_next's stream's, start first; any other as it is."""
-    # call_next runs `self.app(scope, request.receive, send_stream.send)`. This covers an inner
-    # StreamingResponse, a nested BaseHTTPMiddleware and any pure ASGI middleware between.
+def _call_next_stream(send: Send) -> MemoryObjectSendStream[Message] | None:
+    # call_next runs `self.app(scope, request.receive, send_stream.send)`: its send is a bound
+    # method of the stream. Anything else (a forced, unknown release) is left as it is.
     stream = getattr(send, "__self__", None)
-    if type(stream) is not MemoryObjectSendStream:
+    return stream if type(stream) is MemoryObjectSendStream else None
+
+
+def _start_first(send: Send) -> Send:
+    """The send to hand the inner app: call_next's stream's, start first; any other as it is."""
+    # This covers an inner StreamingResponse, a nested BaseHTTPMiddleware and any pure ASGI
+    # middleware between.
+    stream = _call_next_stream(send)
+    if stream is None:
         return send
 
     def send_start_first(message: Message) -> Awaitable[None]:
@@ -82,24 +104,135 @@ def _disconnect_sticks(receive: Any) -> Any:
     return receive_until_disconnect
 
 
-_sticky = _disconnect_sticks(None).__code__
+def _release_waiting_sends(stream: MemoryObjectSendStream[Message]) -> bool:
+    """Let every send waiting on `stream` return as if received, its message dropped."""
+    # 0.21.0 closes the receiving end once the response is sent, so a send that nobody will read
+    # fails and is dropped. We cannot reach call_next's receiving end, so we do what its
+    # receive_nowait() does with a waiting sender, minus keeping the item: MemoryObjectStreamState
+    # has had `waiting_senders` (Event -> item) from anyio 3.0 to 4.x; both of starlette 0.15 -
+    # 0.20's anyio majors are in the test matrix.
+    waiting = getattr(getattr(stream, "_state", None), "waiting_senders", None)
+    if waiting is None:  # pragma: no cover  # an anyio that changed its internals: as unpatched
+        return False
+    while waiting:
+        event, _ = waiting.popitem(last=False)
+        event.set()
+    return True
 
 
-class _StandIn:
-    """The middleware as `self` in starlette's own __call__, which reads only `dispatch_func`
-    and `app`: slots, so that the per-request path pays no attribute fallback."""
+class _InnerRun:
+    """One run of the inner app that call_next started, and what the layer knows of it.
 
-    __slots__ = ("_middleware", "dispatch_func")
+    starlette#1438: once the layer has sent its response, starlette 0.15 - 0.20 cancels the
+    inner app, and with it the background tasks, dependency teardown and exit stacks it runs
+    after its response. The layer instead lets a run that has started its response finish, as
+    0.21.0 (#1715) does: its receive says http.disconnect, its sends are dropped and the layer
+    returns when it ends. A run that has not started its response when the layer is done (the
+    dispatch gave up on call_next) is still cancelled, as unpatched: nothing waits for it.
+    """
 
-    def __init__(self, middleware: Any) -> None:
-        self._middleware = middleware
-        self.dispatch_func = middleware.dispatch_func
+    __slots__ = ("_on_end", "_receive", "_receiving", "_stream", "detached", "ended", "error", "over", "started")
 
-    def app(self, scope: Any, receive: Any, send: Any) -> Awaitable[None]:
-        return self._middleware.app(scope, receive, _inner_app_send(send))  # type: ignore[no-any-return]
+    def __init__(self, stream: MemoryObjectSendStream[Message], receive: Receive) -> None:
+        self._stream = stream
+        self._receive = receive
+        self.started = False  # it sent http.response.start
+        self.over = False  # its last body message was delivered, or the layer stopped listening
+        self.detached = False  # the layer's response is done and the layer waits for it
+        self.ended = False
+        self.error: Exception | None = None  # raised after its response was over
+        self._on_end: Event | None = None
+        self._receiving: set[CancelScope] | None = None  # receive() calls in progress
 
-    def __getattr__(self, name: str) -> Any:  # anything else a forced release might read
-        return getattr(self._middleware, name)
+    async def run(self, app: Callable[[Any, Receive, Send], Awaitable[None]], scope: Any) -> None:
+        """Run the inner app in call_next's task, as starlette would."""
+        try:
+            await app(scope, self.receive, self.send)
+        except Exception as exc:
+            if not self.over:
+                raise  # during its response: starlette's own handling, as unpatched
+            # Work after the response failed. starlette would drop it (or never get that far);
+            # the layer raises it once its own response is done, so that the server logs it.
+            self.error = exc
+        finally:
+            self.ended = True
+            if self._on_end is not None:
+                self._on_end.set()
+
+    async def send(self, message: Message) -> None:
+        """The inner app's send: call_next's stream's, start first, until the response is over."""
+        if self.over:
+            return  # as 0.21.0: nobody reads what an inner app sends once its response is over
+        try:
+            if message["type"] == "http.response.start":
+                self.started = True
+                await _deliver_start(self._stream, message)
+                return
+            await self._stream.send(message)
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                self.over = True
+                # starlette#919: before 0.20.1 the layer's body ends only when this stream
+                # closes, which starlette does when the inner app returns, after its background
+                # work. Close it now.
+                await self._stream.aclose()
+        except (BrokenResourceError, ClosedResourceError):
+            # The layer stopped reading (its response was cut short, or is done and finish()
+            # closed the stream): dropped, as 0.21.0 drops it. Unpatched, 0.17.0 and later
+            # capture this error and drop it; 0.15.0 and 0.16.0 let it end the request.
+            self.over = True
+
+    async def receive(self) -> Message:
+        """The inner app's receive: the request's, or http.disconnect once detached."""
+        if self.detached:
+            return {"type": "http.disconnect"}
+        with CancelScope() as waiting:
+            if self._receiving is None:
+                self._receiving = set()
+            self._receiving.add(waiting)
+            try:
+                return await self._receive()
+            finally:
+                self._receiving.discard(waiting)
+        return {"type": "http.disconnect"}  # detached while it waited (cancelled by finish())
+
+    async def finish(self) -> None:
+        """Called once the layer's response is sent: wait for the inner app instead of cancelling it."""
+        if not self.ended:
+            if not self.started or not _release_waiting_sends(self._stream):
+                return  # starlette cancels it next, as unpatched
+            self.over = self.detached = True
+            # A send that was past its checkpoint meets a closed stream and is dropped.
+            await self._stream.aclose()
+            for waiting in self._receiving or ():
+                waiting.cancel()
+            self._on_end = Event()
+            await self._on_end.wait()
+        if self.error is not None:
+            raise self.error
+
+
+class _ThenFinish:
+    """The layer's response; once it is sent, the inner app's runs finish before starlette cancels."""
+
+    __slots__ = ("_response", "_runs")
+
+    def __init__(self, response: Any, runs: list[_InnerRun]) -> None:
+        self._response = response
+        self._runs = runs
+
+    async def __call__(self, scope: Any, receive: Receive, send: Send) -> None:
+        await self._response(scope, receive, send)
+        for run in self._runs:
+            await run.finish()
+
+
+def _run_inner_app(runs: List[_InnerRun], app: Any, scope: Any, receive: Receive, send: Send) -> Awaitable[None]:
+    stream = _call_next_stream(send)
+    if stream is None:
+        return app(scope, receive, send)  # type: ignore[no-any-return]
+    run = _InnerRun(stream, receive)
+    runs.append(run)
+    return run.run(app, scope)
 
 
 async def _drop_late_send_error(inner_call: Awaitable[None], send: Send) -> None:
@@ -109,47 +242,99 @@ async def _drop_late_send_error(inner_call: Awaitable[None], send: Send) -> None
     try:
         await inner_call
     except BrokenResourceError:
-        stream = getattr(send, "__self__", None)
-        if type(stream) is not MemoryObjectSendStream or stream.statistics().open_receive_streams:
+        stream = _call_next_stream(send)
+        if stream is None or stream.statistics().open_receive_streams:
             raise
 
 
-class _StandInDropping(_StandIn):
-    """_StandIn for 0.15.0 and 0.16.0."""
+# The stand-ins: what starlette's __call__ gets as `self`, chosen once at patch time on two axes.
+# Whose __call__ the shim wraps: starlette's own reads only `dispatch_func` and `app`, so a
+# slotted object will do (`_StarletteSelf*`); a __call__ that others wrapped before the shim
+# (sentry-sdk) may look at `self` in any way, so it gets a transparent proxy (`_ProxySelf*`).
+# Which fixes: the response start only, on 0.17.0 and later (`*StartFirst`); the same on 0.15.0
+# and 0.16.0, which do not capture the inner app's errors (`*StartFirstDropping`); or both fixes
+# (`*Finishing`), whose own handling of a late send makes the 0.15/0.16 variant unnecessary.
 
+
+class _StarletteSelfStartFirst:
+    __slots__ = ("_middleware", "dispatch_func")
+
+    def __init__(self, middleware: Any) -> None:
+        self._middleware = middleware
+        self.dispatch_func = middleware.dispatch_func
+
+    def app(self, scope: Any, receive: Receive, send: Send) -> Awaitable[None]:
+        return self._middleware.app(scope, receive, _start_first(send))  # type: ignore[no-any-return]
+
+    def __getattr__(self, name: str) -> Any:  # anything else a forced release might read
+        return getattr(self._middleware, name)
+
+
+class _StarletteSelfStartFirstDropping(_StarletteSelfStartFirst):
     __slots__ = ()
 
-    def app(self, scope: Any, receive: Any, send: Any) -> Awaitable[None]:
-        return _drop_late_send_error(self._middleware.app(scope, receive, _inner_app_send(send)), send)
+    def app(self, scope: Any, receive: Receive, send: Send) -> Awaitable[None]:
+        return _drop_late_send_error(self._middleware.app(scope, receive, _start_first(send)), send)
 
 
-class _Layer(_Proxy):
-    """The middleware itself, transparently, but for `self.app`: for a __call__ that others
-    wrapped before the shim, whose wrapper may look at `self` in any way."""
+class _StarletteSelfFinishing:
+    __slots__ = ("_middleware", "_runs")
 
-    def app(self, scope: Any, receive: Any, send: Any) -> Awaitable[None]:
-        return self.__wrapped__.app(scope, receive, _inner_app_send(send))  # type: ignore[no-any-return]
+    def __init__(self, middleware: Any) -> None:
+        self._middleware = middleware
+        self._runs: list[_InnerRun] = []
+
+    async def dispatch_func(self, request: Any, call_next: Any) -> _ThenFinish:
+        return _ThenFinish(await self._middleware.dispatch_func(request, call_next), self._runs)
+
+    def app(self, scope: Any, receive: Receive, send: Send) -> Awaitable[None]:
+        return _run_inner_app(self._runs, self._middleware.app, scope, receive, send)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._middleware, name)
 
 
-class _LayerDropping(_Layer):
-    """_Layer for 0.15.0 and 0.16.0."""
+class _ProxySelfStartFirst(_Proxy):
+    def app(self, scope: Any, receive: Receive, send: Send) -> Awaitable[None]:
+        return self.__wrapped__.app(scope, receive, _start_first(send))  # type: ignore[no-any-return]
 
-    def app(self, scope: Any, receive: Any, send: Any) -> Awaitable[None]:
-        return _drop_late_send_error(self.__wrapped__.app(scope, receive, _inner_app_send(send)), send)
+
+class _ProxySelfStartFirstDropping(_Proxy):
+    def app(self, scope: Any, receive: Receive, send: Send) -> Awaitable[None]:
+        return _drop_late_send_error(self.__wrapped__.app(scope, receive, _start_first(send)), send)
+
+
+class _ProxySelfFinishing(_Proxy):
+    def __init__(self, middleware: Any) -> None:
+        super().__init__(middleware)
+        self._self_runs: list[_InnerRun] = []
+
+    async def dispatch_func(self, request: Any, call_next: Any) -> _ThenFinish:
+        return _ThenFinish(await self.__wrapped__.dispatch_func(request, call_next), self._self_runs)
+
+    def app(self, scope: Any, receive: Receive, send: Send) -> Awaitable[None]:
+        return _run_inner_app(self._self_runs, self.__wrapped__.app, scope, receive, send)
+
+
+def stand_in_for(starlettes_own: bool, finish_after_response: bool, captures_inner_errors: bool) -> type:
+    """The class of the stand-in `self` for one patch, on the axes described above."""
+    if finish_after_response:
+        return _StarletteSelfFinishing if starlettes_own else _ProxySelfFinishing
+    if captures_inner_errors:
+        return _StarletteSelfStartFirst if starlettes_own else _ProxySelfStartFirst
+    return _StarletteSelfStartFirstDropping if starlettes_own else _ProxySelfStartFirstDropping
+
+
+_sticky = _disconnect_sticks(None).__code__
+_inner_receive = _InnerRun.receive.__code__
 
 
 def wrapper_for(
-    original: Callable[..., Awaitable[None]], captures_inner_errors: bool = True
+    original: Callable[..., Awaitable[None]], *, finish_after_response: bool, captures_inner_errors: bool
 ) -> Callable[..., Awaitable[None]]:
     """Build the wrapt wrapper for BaseHTTPMiddleware.__call__ around `original`."""
-    own = getattr(original, "__module__", None) == "starlette.middleware.base"
-    stand_ins: dict[tuple[bool, bool], Callable[[Any], Any]] = {
-        (True, True): _StandIn,
-        (True, False): _StandInDropping,
-        (False, True): _Layer,
-        (False, False): _LayerDropping,
-    }
-    stand_in = stand_ins[own, captures_inner_errors]
+    starlettes_own = getattr(original, "__module__", None) == "starlette.middleware.base"
+    stand_in = stand_in_for(starlettes_own, finish_after_response, captures_inner_errors)
 
     def shield_response_start(
         wrapped: Callable[..., Awaitable[None]],
@@ -161,7 +346,8 @@ def wrapper_for(
             instance, args = args[0], args[1:]
         if enabled and len(args) == 3 and args[0]["type"] == "http":
             scope, receive, send = args
-            if getattr(receive, "__code__", None) is not _sticky:  # the outermost layer
+            code = getattr(receive, "__code__", None)
+            if code is not _sticky and code is not _inner_receive:  # the outermost layer
                 receive = _disconnect_sticks(receive)
             return original(stand_in(instance), scope, receive, send, **kwargs)
         return original(instance, *args, **kwargs)
