@@ -1,7 +1,9 @@
-"""STARLETTE_SHIELD_PATCH, read in one place; run by starlette_shield_patch.pth at startup.
+"""STARLETTE_SHIELD_PATCH: its values, what each means, and what an activation does with it.
 
-A top-level module so that the startup hook can read the variable without importing the
-package (which arms the patch on import). It imports nothing beyond os and sys until it must.
+The one module that reads the variable. starlette_shield_patch.pth runs `startup()` at interpreter
+startup when the variable is set; the package asks `decide()` at every activation. A top-level
+module, so that the startup hook can read the variable without importing the package (which
+arms the patch on import); it imports nothing beyond os and sys until it must.
 """
 
 from __future__ import annotations
@@ -10,17 +12,55 @@ import os
 import sys
 
 VARIABLE = "STARLETTE_SHIELD_PATCH"
-ON = ("1", "true", "yes", "on")
-OFF = ("0", "false", "no", "off")
-FORCE = ("force",)
-ACCEPTED = "unset or empty, " + ", ".join(ON) + " (on), " + ", ".join(OFF) + " (off), force"
+
+
+class Value:
+    """One kind of value of the variable: the spellings that mean it, and what it does."""
+
+    __slots__ = ("kind", "meaning", "spellings")
+
+    def __init__(self, kind: str, spellings: tuple[str, ...], meaning: str) -> None:
+        self.kind = kind
+        self.spellings = spellings
+        self.meaning = meaning
+
+
+# Case-insensitive, surrounding whitespace ignored. The README's table and the doctor say these.
+VALUES = (
+    Value(
+        "unset",
+        ("",),
+        "nothing at startup; `import starlette_shield_patch` applies the patch (version guard)",
+    ),
+    Value(
+        "on",
+        ("1", "true", "yes", "on"),
+        "armed at interpreter startup in every process of this environment (version guard)",
+    ),
+    Value(
+        "start-only",
+        ("start-only",),
+        "as on, with the response-start fix alone: work after the response is cancelled, as unpatched",
+    ),
+    Value(
+        "off",
+        ("0", "false", "no", "off"),
+        "kill switch: nothing is patched, not at startup, not by an import, not by apply()",
+    ),
+    Value("force", ("force",), "armed at interpreter startup and applied whatever the starlette version"),
+    Value("invalid", (), "not a known value: one warning on stderr, then as if unset"),
+)
+MEANINGS = {value.kind: value.meaning for value in VALUES}
+ACCEPTED = ", ".join(spelling for value in VALUES[1:] for spelling in value.spellings) + ", or unset"
+ARMS_AT_STARTUP = ("on", "start-only", "force")
+IMPORT = "import starlette_shield_patch"  # the activation that the variable may take over
 
 running = False  # True while the startup hook imports the package
-_warned = False
+_warned = False  # the warning about an unknown value is said once per process
 
 
 class Switch:
-    """What the variable says: "unset", "on", "off", "force" or "invalid", and its raw value."""
+    """What the variable says: a kind of VALUES, and the raw value."""
 
     __slots__ = ("kind", "raw")
 
@@ -29,15 +69,26 @@ class Switch:
         self.raw = raw
 
 
+class Activation:
+    """What one activation (an import, apply(), the startup hook) does, once the variable is read."""
+
+    # A slotted class, not a NamedTuple: `collections` and `typing` cost milliseconds to import.
+    __slots__ = ("after_response", "force", "go_ahead", "via")
+
+    def __init__(self, *, go_ahead: bool, force: bool, after_response: bool, via: str) -> None:
+        self.go_ahead = go_ahead  # False: the kill switch
+        self.force = force  # patch whatever the starlette version
+        self.after_response = after_response  # the after-response fix as well as the start fix
+        self.via = via  # how it was activated, for status() and the log
+
+
 def read_switch() -> Switch:
-    """Read STARLETTE_SHIELD_PATCH (case-insensitive, surrounding whitespace ignored)."""
+    """Read STARLETTE_SHIELD_PATCH."""
     raw = os.environ.get(VARIABLE, "")
     value = raw.strip().lower()
-    if not value:
-        return Switch("unset", raw)
-    for kind, values in (("on", ON), ("off", OFF), ("force", FORCE)):
-        if value in values:
-            return Switch(kind, raw)
+    for known in VALUES:
+        if value in known.spellings:
+            return Switch(known.kind, raw)
     return Switch("invalid", raw)
 
 
@@ -54,13 +105,33 @@ def warn_if_invalid(switch: Switch) -> None:
     )
 
 
+def decide(*, force: bool, after_response: bool, via: str) -> Activation:
+    """What an activation asked for `via` does, given the variable (which wins over arguments)."""
+    switch = read_switch()
+    warn_if_invalid(switch)
+    if switch.kind == "off":
+        return Activation(
+            go_ahead=False, force=force, after_response=after_response, via=f"{VARIABLE}={switch.raw}"
+        )
+    if switch.kind in ARMS_AT_STARTUP and via == IMPORT:
+        # The import that the startup hook made, or an import in a process the variable arms.
+        when = " at interpreter startup" if running else ""
+        via = f"{VARIABLE}={switch.raw.strip()}{when}"
+    return Activation(
+        go_ahead=True,
+        force=force or switch.kind == "force",
+        after_response=after_response and switch.kind != "start-only",
+        via=via,
+    )
+
+
 def startup() -> None:
     """Arm the patch for this process when the variable asks for it; never raise."""
     global running
     try:
         switch = read_switch()
         warn_if_invalid(switch)
-        if switch.kind in ("on", "force"):
+        if switch.kind in ARMS_AT_STARTUP:
             running = True
             try:
                 import starlette_shield_patch  # noqa: F401  # arms the patch on import

@@ -24,28 +24,29 @@ def backend(request: pytest.FixtureRequest) -> str:
 
 
 @contextmanager
-def shim_state(applied: bool) -> Iterator[None]:
+def shim_state(applied: bool, *, after_response: bool = True) -> Iterator[None]:
     """The shim applied (guard as usual) or not for the block; always removed afterwards."""
     from tests.asgi import STARLETTE_AFFECTED  # imports starlette, so apply() patches at once
 
     starlette_shield_patch.remove()
     try:
         if applied:
-            starlette_shield_patch.apply()
+            starlette_shield_patch.apply(after_response=after_response)
             assert starlette_shield_patch.status().patched is STARLETTE_AFFECTED
         yield
     finally:
         starlette_shield_patch.remove()
 
 
-@pytest.fixture(params=["unpatched", "patched"])
+@contextmanager
+def shim_named(name: str) -> Iterator[str]:
+    """The shim as named: unpatched, patched (both fixes), start-only (the response-start fix)."""
+    with shim_state(name != "unpatched", after_response=name != "start-only"):
+        yield name
+
+
+@pytest.fixture(params=["unpatched", "patched", "start-only"])
 def shim(request: pytest.FixtureRequest) -> Iterator[str]:
-    """Run the test without, then with the shim."""
-    with shim_state(request.param == "patched"):
-        yield str(request.param)
-
-
-@pytest.fixture
-def patched() -> Iterator[None]:
-    with shim_state(True):
-        yield
+    """Run the test without the shim, with both fixes, and with the response-start fix alone."""
+    with shim_named(request.param) as name:
+        yield name

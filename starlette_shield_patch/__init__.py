@@ -1,4 +1,4 @@
-"""Deliver `http.response.start` through stacked BaseHTTPMiddleware on starlette 0.15.0 - 0.20.4."""
+"""Fix BaseHTTPMiddleware of starlette 0.15.0 - 0.20.4: the lost response start, the cancelled work."""
 
 from . import _patch
 from ._patch import ShieldStatus, apply, remove, status
@@ -7,4 +7,4 @@ __all__ = ["ShieldStatus", "__version__", "apply", "remove", "status"]
 __version__ = "0.1.0"
 
 # Arm the patch (version guard as usual) unless STARLETTE_SHIELD_PATCH says off; never raises.
-_patch._apply(False, "import starlette_shield_patch")
+_patch.activate()

@@ -11,17 +11,11 @@ import sys
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-from . import _patch, apply, remove
-from ._activation import VARIABLE, read_switch
-from ._guard import AFFECTED_RANGE_TEXT, affected
+from _starlette_shield_patch_startup import ARMS_AT_STARTUP, MEANINGS, VARIABLE, read_switch
 
-MEANINGS = {
-    "unset": "nothing at startup; `import starlette_shield_patch` applies the patch (version guard)",
-    "on": "armed at interpreter startup in every process of this environment (version guard)",
-    "off": "kill switch: nothing is patched, not at startup, not by an import, not by apply()",
-    "force": "armed at interpreter startup and applied whatever the starlette version",
-    "invalid": "not a known value: ignored, as if unset",
-}
+from . import _patch, apply, remove
+from ._guard import AFFECTED_RANGE_TEXT, affected
+from ._selftest import CLEAN, FINISHED, after_response_outcome, disconnect_outcome
 
 
 def installed(distribution: str) -> str | None:
@@ -53,12 +47,15 @@ def diagnose() -> dict[str, Any]:
         would = f"nothing: disabled by {VARIABLE}"
     elif verdict is not None and not verdict.affected and switch.kind != "force":
         would = f"nothing: {verdict.reason}"
-    elif switch.kind in ("on", "force") and hook:
+    elif switch.kind in ARMS_AT_STARTUP and hook:
         would = "patch BaseHTTPMiddleware.__call__ in every process, when the app imports starlette"
-    elif switch.kind in ("on", "force"):
+    elif switch.kind in ARMS_AT_STARTUP:
         would = "nothing at startup (no startup hook installed): import starlette_shield_patch in the app"
     else:
         would = "patch BaseHTTPMiddleware.__call__ once the app imports starlette_shield_patch"
+    if would.startswith("patch"):
+        fixes = _patch.fixes_for(after_response=switch.kind != "start-only")
+        would += f", with the fixes: {', '.join(fixes)}"
     return {
         "python": f"{platform.python_version()} ({sys.executable})",
         "starlette": starlette,
@@ -74,19 +71,24 @@ def diagnose() -> dict[str, Any]:
 
 
 def self_test() -> dict[str, Any]:
-    """Run the disconnect scenario without, then with the shim; say whether all is well."""
-    from ._selftest import disconnect_outcome
-
+    """Run each bug's scenario without, then with the shim; say whether all is well."""
     remove()
-    without = disconnect_outcome()
+    without = {_patch.RESPONSE_START: disconnect_outcome(), _patch.AFTER_RESPONSE: after_response_outcome()}
     apply()
     status = _patch.status()
-    with_shim = disconnect_outcome() if status.patched else without
+    with_shim = {
+        _patch.RESPONSE_START: disconnect_outcome() if status.patched else without[_patch.RESPONSE_START],
+        _patch.AFTER_RESPONSE: after_response_outcome() if status.patched else without[_patch.AFTER_RESPONSE],
+    }
+    good = {_patch.RESPONSE_START: CLEAN, _patch.AFTER_RESPONSE: FINISHED}
+    # A fix that was not asked for (STARLETTE_SHIELD_PATCH=start-only) is not held against it.
+    wanted = status.fixes if status.patched else tuple(good)
     return {
         "without_shim": without,
         "with_shim": with_shim,
+        "fixes": list(status.fixes),
         "shim_status": status.reason,
-        "ok": without == "clean" or (status.patched and with_shim == "clean"),
+        "ok": all(without[fix] == good[fix] or with_shim[fix] == good[fix] for fix in wanted),
     }
 
 
@@ -116,8 +118,16 @@ def main(argv: list[str] | None = None) -> int:
         if "self_test" in report:
             test = report["self_test"]
             lines += [
-                ("without the shim", test["without_shim"]),
-                ("with the shim", f"{test['with_shim']} ({test['shim_status']})"),
+                (
+                    "without the shim",
+                    ", ".join(f"{fix}: {outcome}" for fix, outcome in test["without_shim"].items()),
+                ),
+                (
+                    "with the shim",
+                    ", ".join(f"{fix}: {outcome}" for fix, outcome in test["with_shim"].items()),
+                ),
+                ("shim status", test["shim_status"]),
+                ("fixes in force", ", ".join(test["fixes"]) or "none"),
                 (
                     "self-test",
                     "ok" if test["ok"] else "FAILED: the bug is there and the shim does not fix it",

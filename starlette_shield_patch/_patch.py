@@ -6,47 +6,210 @@ only when there is something to log or to patch.
 
 from __future__ import annotations
 
-import _thread
+import _thread  # not threading, which costs milliseconds to import at interpreter startup
 import sys
 
-from ._activation import decide
+from _starlette_shield_patch_startup import IMPORT, decide
 
-TYPE_CHECKING = False
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: typing costs milliseconds to import
 if TYPE_CHECKING:
     from logging import Logger
     from types import ModuleType
     from typing import Any, Callable
 
 TARGET_MODULE = "starlette.middleware.base"
+RESPONSE_START = "response-start"  # starlette#1634: "No response returned." on disconnect
+AFTER_RESPONSE = "after-response"  # starlette#1438: work after the response is cancelled
 
 
 class ShieldStatus:
     """What the shim did in this process, and why."""
 
-    __slots__ = ("armed", "patched", "reason", "starlette_version")
+    # Hand-written rather than a dataclass: dataclasses costs milliseconds to import.
+    __slots__ = ("armed", "fixes", "patched", "reason", "starlette_version")
 
-    def __init__(self, patched: bool, reason: str, starlette_version: str | None, armed: bool) -> None:
+    def __init__(
+        self, patched: bool, reason: str, starlette_version: str | None, armed: bool, fixes: tuple[str, ...]
+    ) -> None:
         self.patched = patched
         self.reason = reason
         self.starlette_version = starlette_version
         self.armed = armed
+        self.fixes = fixes  # the fixes in force: RESPONSE_START, AFTER_RESPONSE; () when not patched
 
     def __repr__(self) -> str:
         return (
             f"ShieldStatus(patched={self.patched!r}, reason={self.reason!r}, "
-            f"starlette_version={self.starlette_version!r}, armed={self.armed!r})"
+            f"starlette_version={self.starlette_version!r}, armed={self.armed!r}, fixes={self.fixes!r})"
         )
 
 
-_lock = _thread.RLock()
-_armed = False  # apply() was called and remove() was not: the import hook may patch
-_force = False
-_via = ""
-_hook_registered = False
-_patched_class: type | None = None
-_original: Callable[..., Any] | None = None  # what __call__ was before we wrapped it, kept once
-_wrapper: Callable[..., Any] | None = None
-_reason = "not applied"
+class _Installed:
+    """Our wrapper in place: the class, the exact __call__ that was there, and the wrapper."""
+
+    __slots__ = ("cls", "original", "why", "wrapper")
+
+    def __init__(
+        self, cls: type, original: Callable[..., Any], wrapper: Callable[..., Any], why: str
+    ) -> None:
+        self.cls = cls
+        self.original = original  # put back by remove()
+        self.wrapper = wrapper
+        self.why = why  # the guard's verdict, for status()
+
+
+class _Lifecycle:
+    """The patch's life in this process. Every transition runs under `lock`.
+
+    Its states (`state`), with what holds in each:
+    - "not applied": nothing armed, nothing installed.
+    - "waiting for starlette": armed; a finder (or the wrapt hook) waits for the module.
+    - "left alone": armed, but the guard found starlette unaffected (or patching failed).
+    - "patched": installed, the request path on.
+    - "passing through": installed under someone else's wrapper after remove(): the request path
+      off, because putting the original back would drop their wrapper.
+    - "removed": remove() put the original back; nothing installed.
+    - "disabled": STARLETTE_SHIELD_PATCH=0 refused an activation.
+    """
+
+    def __init__(self) -> None:
+        self.lock = _thread.RLock()
+        self.state = "not applied"
+        self.armed = False  # an activation was made and remove() was not called since
+        self.force = False
+        self.after_response = True
+        self.via = ""
+        self.hook_registered = False  # wrapt's post-import hook is registered (once per process)
+        self.installed: _Installed | None = None
+        self.reason = "not applied"
+
+    def arm(self, *, force: bool, after_response: bool, via: str) -> None:
+        with self.lock:
+            self.armed, self.force, self.after_response, self.via = True, force, after_response, via
+            module = sys.modules.get(TARGET_MODULE)
+            if module is not None:
+                self.patch(module)
+                return
+            self._enter(
+                "waiting for starlette", f"armed by {via}: waiting for {TARGET_MODULE} to be imported"
+            )
+            if self.hook_registered:
+                return
+            if "starlette" not in sys.modules:
+                # wrapt costs tens of milliseconds to import (wrapt 2 pulls in asyncio): leave it
+                # until starlette, which costs more, is imported.
+                _WhenStarletteIsImported.insert()
+                return
+        _register_hook()
+
+    def patch(self, module: ModuleType) -> None:
+        with self.lock:
+            if not self.armed:
+                return
+            if self._in_chain():
+                # Ours already (a second apply(), or after remove() left it passing through).
+                self._serve(f"patched by {self.via}{self.installed.why}")  # type: ignore[union-attr]
+                return
+            from ._guard import affected
+
+            verdict = affected(_starlette_version())
+            if not verdict.affected and not self.force:
+                self._enter("left alone", f"{verdict.reason}; BaseHTTPMiddleware left alone")
+                (logger().debug if verdict.readable else logger().warning)("%s", self.reason)
+                return
+            import wrapt
+
+            from . import _shield
+
+            cls = module.BaseHTTPMiddleware
+            original = cls.__dict__["__call__"]
+            wrapper = wrapt.FunctionWrapper(
+                original, _shield.wrapper_for(original, captures_inner_errors=verdict.captures_inner_errors)
+            )
+            setattr(cls, "__call__", wrapper)  # noqa: B010  # a class attribute, by name
+            why = f": {verdict.reason}" if verdict.affected else f" with force=True: {verdict.reason}"
+            self.installed = _Installed(cls, original, wrapper, why)
+            self._serve(f"patched by {self.via}{why}")
+            (logger().info if verdict.affected else logger().warning)("%s", self.reason)
+
+    def remove(self) -> None:
+        with self.lock:
+            self.armed = False
+            _WhenStarletteIsImported.drop()
+            installed = self.installed
+            if installed is None:
+                self._enter("removed", "removed by remove(); nothing was patched")
+            elif installed.cls.__dict__.get("__call__") is installed.wrapper:
+                setattr(installed.cls, "__call__", installed.original)  # noqa: B010
+                self.installed = None
+                self._enter(
+                    "removed", "removed by remove(); the original BaseHTTPMiddleware.__call__ is back"
+                )
+            elif self._in_chain():
+                # Someone wrapped __call__ on top of ours (sentry-sdk does): putting the original
+                # back would drop their wrapper, so ours stays in the chain but passes through.
+                self._enter(
+                    "passing through",
+                    "removed by remove(); another wrapper sits on top of the shim's, so the shim "
+                    "stays in the chain and passes every call through unchanged",
+                )
+                logger().warning("remove(): %s", self.reason)
+            else:
+                self.installed = None
+                self._enter(
+                    "removed", "removed by remove(); BaseHTTPMiddleware.__call__ had been replaced by others"
+                )
+
+    def disable(self, via: str) -> None:
+        with self.lock:
+            self._enter("disabled", f"disabled by {via}; {TARGET_MODULE} left alone")
+        logger().warning("%s", self.reason)
+
+    def fail(self, exc: Exception) -> None:
+        with self.lock:
+            self._enter(
+                "left alone", f"patching failed ({type(exc).__name__}: {exc}); starlette left unpatched"
+            )
+        logger().warning("%s", self.reason, exc_info=True)
+
+    def status(self) -> ShieldStatus:
+        with self.lock:
+            version = _starlette_version() if TARGET_MODULE in sys.modules else None
+            patched = self.state == "patched" and self._in_chain()
+            return ShieldStatus(
+                patched, self.reason, version, self.armed, fixes_for(self.after_response) if patched else ()
+            )
+
+    def _enter(self, state: str, reason: str) -> None:
+        self.state, self.reason = state, reason
+        if state != "patched" and self.installed is not None:
+            _request_path(None)
+
+    def _serve(self, reason: str) -> None:
+        self._enter("patched", reason)
+        _request_path(fixes_for(self.after_response))
+
+    def _in_chain(self) -> bool:
+        """Whether our wrapper is BaseHTTPMiddleware.__call__ or under wrappers others put on top."""
+        installed = self.installed
+        return installed is not None and _reaches(
+            installed.cls.__dict__.get("__call__"), installed.wrapper, 6
+        )
+
+
+def fixes_for(after_response: bool) -> tuple[str, ...]:
+    return (RESPONSE_START, AFTER_RESPONSE) if after_response else (RESPONSE_START,)
+
+
+def _request_path(fixes: tuple[str, ...] | None) -> None:
+    """The one writer of the flag that the request path reads: which fixes it applies, or none."""
+    from . import _shield  # loaded already: the installed wrapper comes from it
+
+    _shield.after_response = fixes is not None and AFTER_RESPONSE in fixes
+    _shield.enabled = fixes is not None
+
+
+LIFECYCLE = _Lifecycle()
 
 
 def logger() -> Logger:
@@ -55,73 +218,36 @@ def logger() -> Logger:
     return logging.getLogger("starlette_shield_patch")
 
 
-def apply(force: bool = False) -> None:
+def apply(force: bool = False, *, after_response: bool = True) -> None:
     """Patch BaseHTTPMiddleware now, or as soon as starlette.middleware.base is imported."""
-    _apply(force, "apply()")
+    activate(force=force, after_response=after_response, via="apply()")
 
 
 def remove() -> None:
     """Put back the exact BaseHTTPMiddleware.__call__ that was there before apply()."""
-    global _armed, _original, _wrapper, _patched_class, _reason
-    with _lock:
-        _armed = False
-        _drop_finder()
-        if _wrapper is None or _patched_class is None:
-            _reason = "removed by remove(); nothing was patched"
-            return
-        from . import _shield
-
-        if _patched_class.__dict__.get("__call__") is _wrapper:
-            setattr(_patched_class, "__call__", _original)  # noqa: B010  # a class attribute, by name
-            _reason = "removed by remove(); the original BaseHTTPMiddleware.__call__ is back"
-        elif _in_chain():
-            # Someone wrapped __call__ on top of ours (sentry-sdk does): putting the original
-            # back would drop their wrapper, so ours stays in the chain but passes through.
-            _shield.enabled = False
-            _reason = (
-                "removed by remove(); another wrapper sits on top of the shim's, so the shim "
-                "stays in the chain and passes every call through unchanged"
-            )
-            logger().warning("remove(): %s", _reason)
-            return
-        else:
-            _reason = "removed by remove(); BaseHTTPMiddleware.__call__ had been replaced by others"
-        _original = _wrapper = _patched_class = None
+    try:
+        LIFECYCLE.remove()
+    except Exception as exc:  # never let the shim become the app's failure
+        LIFECYCLE.fail(exc)
 
 
 def status() -> ShieldStatus:
-    """Report whether BaseHTTPMiddleware is patched in this process, and why."""
-    with _lock:
-        version = _starlette_version() if TARGET_MODULE in sys.modules else None
-        return ShieldStatus(_is_active(), _reason, version, _armed)
+    """Report whether BaseHTTPMiddleware is patched in this process, which fixes, and why."""
+    return LIFECYCLE.status()
 
 
-def _apply(force: bool, via: str) -> None:
-    global _armed, _force, _via, _reason
+def activate(*, force: bool = False, after_response: bool = True, via: str = IMPORT) -> None:
+    """Arm the patch as `via` asks, unless STARLETTE_SHIELD_PATCH says off; never raises."""
     try:
-        go_ahead, force, via = decide(force, via)
-        if not go_ahead:  # the kill switch: not the hook, not an import, not apply()
-            _reason = f"disabled by {via}; {TARGET_MODULE} left alone"
-            logger().warning("%s", _reason)
-            return
-        with _lock:
-            _armed, _force, _via = True, force, via
-            module = sys.modules.get(TARGET_MODULE)
-            if module is not None:
-                _patch(module)
-                return
-            _reason = f"armed by {via}: waiting for {TARGET_MODULE} to be imported"
-            if _hook_registered:
-                return
-            if "starlette" not in sys.modules:
-                # wrapt costs tens of milliseconds to import (wrapt 2 pulls in asyncio): leave it
-                # until starlette, which costs more, is imported.
-                if not any(isinstance(finder, _WhenStarletteIsImported) for finder in sys.meta_path):
-                    sys.meta_path.insert(0, _WhenStarletteIsImported())
-                return
-        _register_hook()
-    except Exception as exc:  # never let the shim become the app's failure
-        _fail(exc)
+        activation = decide(force=force, after_response=after_response, via=via)
+        if activation.go_ahead:
+            LIFECYCLE.arm(
+                force=activation.force, after_response=activation.after_response, via=activation.via
+            )
+        else:  # the kill switch: not the hook, not an import, not apply()
+            LIFECYCLE.disable(activation.via)
+    except Exception as exc:
+        LIFECYCLE.fail(exc)
 
 
 class _WhenStarletteIsImported:
@@ -131,107 +257,51 @@ class _WhenStarletteIsImported:
     def find_spec(name: str, path: object = None, target: object = None) -> None:
         if name == "starlette":  # a package is imported before its submodules
             try:
-                _drop_finder()
+                _WhenStarletteIsImported.drop()
                 _register_hook()
             except Exception as exc:
-                _fail(exc)
+                LIFECYCLE.fail(exc)
 
+    @classmethod
+    def insert(cls) -> None:
+        if not any(isinstance(finder, cls) for finder in sys.meta_path):
+            sys.meta_path.insert(0, cls())
 
-def _drop_finder() -> None:
-    sys.meta_path[:] = [
-        finder for finder in sys.meta_path if not isinstance(finder, _WhenStarletteIsImported)
-    ]
+    @classmethod
+    def drop(cls) -> None:
+        sys.meta_path[:] = [finder for finder in sys.meta_path if not isinstance(finder, cls)]
 
 
 def _register_hook() -> None:
-    global _hook_registered
-    with _lock:
-        if _hook_registered:
+    with LIFECYCLE.lock:
+        if LIFECYCLE.hook_registered:
             return
-        _hook_registered = True
+        LIFECYCLE.hook_registered = True
     import wrapt
 
-    # Calls the hook at once if another thread imported the module meanwhile.
+    # Calls the hook at once if another thread imported the module meanwhile; outside the lock,
+    # because wrapt takes its own lock around the hooks.
     wrapt.register_post_import_hook(_on_import, TARGET_MODULE)
 
 
 def _on_import(module: ModuleType) -> None:
     # An exception raised here would make `import starlette.middleware.base` fail for the app.
     try:
-        with _lock:
-            if _armed:
-                _patch(module)
+        LIFECYCLE.patch(module)
     except Exception as exc:
-        _fail(exc)
+        LIFECYCLE.fail(exc)
 
 
-def _fail(exc: Exception) -> None:
-    global _reason
-    _reason = f"patching failed ({type(exc).__name__}: {exc}); starlette left unpatched"
-    logger().warning("%s", _reason, exc_info=True)
-
-
-def _patch(module: ModuleType) -> None:
-    global _original, _wrapper, _patched_class, _reason
-    if _in_chain():
-        from . import _shield
-
-        _shield.enabled = True  # re-enable a wrapper that remove() could only disable
-        return
-    from ._guard import affected
-
-    version = _starlette_version()
-    verdict = affected(version)
-    if not verdict.affected and not _force:
-        _reason = f"{verdict.reason}; BaseHTTPMiddleware left alone"
-        (logger().debug if verdict.readable else logger().warning)("%s", _reason)
-        return
-    import wrapt
-
-    from . import _shield
-
-    cls = module.BaseHTTPMiddleware
-    original = cls.__dict__["__call__"]
-    shield = _shield.wrapper_for(
-        original, finish_after_response=True, captures_inner_errors=verdict.captures_inner_errors
-    )
-    wrapper = wrapt.FunctionWrapper(original, shield)
-    setattr(cls, "__call__", wrapper)  # noqa: B010
-    _shield.enabled = True
-    _original, _wrapper, _patched_class = original, wrapper, cls
-    if verdict.affected:
-        _reason = f"patched by {_via}: {verdict.reason}"
-        logger().info("%s", _reason)
-    else:
-        _reason = f"patched by {_via} with force=True: {verdict.reason}"
-        logger().warning("%s", _reason)
-
-
-def _is_active() -> bool:
-    if not _in_chain():
-        return False
-    from . import _shield  # loaded already: the wrapper comes from it
-
-    return _shield.enabled
-
-
-def _in_chain() -> bool:
-    """Whether our wrapper is BaseHTTPMiddleware.__call__ or under wrappers others put on top."""
-    if _wrapper is None or _patched_class is None:
-        return False
-    return _reaches(_patched_class.__dict__.get("__call__"), depth=6)
-
-
-def _reaches(layer: object, depth: int) -> bool:
+def _reaches(layer: object, wrapper: object, depth: int) -> bool:
     # Wrappers find what they wrap through __wrapped__ (functools.wraps), wrapt's _self_parent
     # (a bound FunctionWrapper), or a closure cell (sentry-sdk keeps `old_call` in one).
-    if layer is _wrapper or getattr(layer, "_self_parent", None) is _wrapper:
+    if layer is wrapper or getattr(layer, "_self_parent", None) is wrapper:
         return True
     if depth == 0 or layer is None:
         return False
     below = [getattr(layer, "__wrapped__", None)]
     below += [cell.cell_contents for cell in getattr(layer, "__closure__", None) or () if _filled(cell)]
-    return any(callable(inner) and _reaches(inner, depth - 1) for inner in below)
+    return any(callable(inner) and _reaches(inner, wrapper, depth - 1) for inner in below)
 
 
 def _filled(cell: Any) -> bool:

@@ -1,47 +1,104 @@
-"""The disconnect scenario of the bug reports, run in-process on the installed starlette."""
+"""The two bugs' scenarios, run in-process on the installed starlette, and their outcomes.
+
+Outcomes, the same words in the doctor, the tests and the demo: "clean" or "No response
+returned." for the disconnect; "finished" or "cancelled" for the work after the response; the
+name of the exception for anything else.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
+
+CLEAN = "clean"
+NO_RESPONSE_RETURNED = "No response returned."
+FINISHED = "finished"
+CANCELLED = "cancelled"
 
 
 def disconnect_outcome() -> str:
-    """Two pass-through BaseHTTPMiddleware layers; the client leaves while the endpoint works.
-
-    Returns "clean", "No response returned." or the name of whatever else was raised.
-    """
+    """Two pass-through BaseHTTPMiddleware layers; the client leaves while the endpoint works."""
     import anyio
-    from starlette.middleware.base import BaseHTTPMiddleware
     from starlette.requests import Request
-    from starlette.responses import PlainTextResponse, Response
+    from starlette.responses import PlainTextResponse
 
     async def endpoint(scope: Any, receive: Any, send: Any) -> None:
         await Request(scope, receive).body()
         await anyio.sleep(0.01)
         await PlainTextResponse("done")(scope, receive, send)
 
+    def client_gone(calls: int, response_over: bool) -> dict[str, Any] | None:
+        if calls == 1:
+            return {"type": "http.request", "body": b"hello", "more_body": False}
+        return {"type": "http.disconnect"}
+
+    error = _request(endpoint, layers=2, client=client_gone)
+    return CLEAN if error is None else error
+
+
+def after_response_outcome() -> str:
+    """One pass-through layer; the response carries a background task; the client reads it all and
+    closes (as curl does), then the server says http.disconnect."""
+    import anyio
+    from starlette.background import BackgroundTask
+    from starlette.responses import PlainTextResponse
+
+    finished = False
+
+    async def background() -> None:
+        nonlocal finished
+        await anyio.sleep(0.02)
+        finished = True
+
+    async def endpoint(scope: Any, receive: Any, send: Any) -> None:
+        await PlainTextResponse("done", background=BackgroundTask(background))(scope, receive, send)
+
+    def client_reads_then_closes(calls: int, response_over: bool) -> dict[str, Any] | None:
+        if calls == 1:
+            return {"type": "http.request", "body": b"", "more_body": False}
+        return {"type": "http.disconnect"} if response_over else None  # None: wait
+
+    error = _request(endpoint, layers=1, client=client_reads_then_closes)
+    if error is not None:
+        return error
+    return FINISHED if finished else CANCELLED
+
+
+def _request(
+    endpoint: Any, *, layers: int, client: Callable[[int, bool], dict[str, Any] | None]
+) -> str | None:
+    """One request through `layers` pass-through layers; None, or what it raised."""
+    import anyio
+    from starlette.middleware.base import BaseHTTPMiddleware
+    from starlette.requests import Request
+    from starlette.responses import Response
+
     async def pass_through(request: Request, call_next: Any) -> Response:
         return await call_next(request)  # type: ignore[no-any-return]
 
-    app = BaseHTTPMiddleware(BaseHTTPMiddleware(endpoint, pass_through), pass_through)
+    app = endpoint
+    for _ in range(layers):
+        app = BaseHTTPMiddleware(app, pass_through)
     scope = {
         "type": "http", "http_version": "1.1", "method": "POST", "scheme": "http", "path": "/",
         "raw_path": b"/", "root_path": "", "query_string": b"", "headers": [],
         "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80),
     }  # fmt: skip
-    received = 0
+    calls = 0
+    received = 0  # body bytes the client has read
+    errors: list[BaseException] = []
 
     async def receive() -> Any:
-        nonlocal received
-        received += 1
-        if received == 1:
-            return {"type": "http.request", "body": b"hello", "more_body": False}
-        return {"type": "http.disconnect"}  # the client is gone
+        nonlocal calls
+        calls += 1
+        while True:
+            message = client(calls, received >= len(b"done"))
+            if message is not None:
+                return message
+            await anyio.sleep(0.001)
 
     async def send(message: Any) -> None:
-        pass
-
-    errors: list[BaseException] = []
+        nonlocal received
+        received += len(message.get("body", b""))
 
     async def main() -> None:
         with anyio.move_on_after(5):
@@ -58,8 +115,8 @@ def disconnect_outcome() -> str:
         nested = getattr(error, "exceptions", None)
         if nested:
             errors.extend(nested)
-        elif isinstance(error, RuntimeError) and str(error) == "No response returned.":
-            return "No response returned."
+        elif isinstance(error, RuntimeError) and str(error) == NO_RESPONSE_RETURNED:
+            return NO_RESPONSE_RETURNED
         else:
             return type(error).__name__
-    return "clean"
+    return None

@@ -12,7 +12,7 @@ instead of letting starlette cancel it.
 from __future__ import annotations
 
 from contextlib import suppress
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, Dict, List
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Dict
 
 import wrapt
 from anyio import (
@@ -35,9 +35,11 @@ if TYPE_CHECKING:
 else:
     _Proxy = wrapt.ObjectProxy  # not subscriptable at run time on wrapt 1.x
 
-# False once remove() had to leave the wrapper in place under someone else's: every call passes
-# through. Written only by _patch.LIFECYCLE.
+# What the request path does; written only by _patch._request_path. `enabled` is False once
+# remove() had to leave the wrapper in place under someone else's: every call passes through.
+# `after_response` is False when only the response-start fix is wanted.
 enabled = True
+after_response = True
 
 
 async def _deliver_start(stream: MemoryObjectSendStream[Message], message: Message) -> None:
@@ -131,7 +133,17 @@ class _InnerRun:
     dispatch gave up on call_next) is still cancelled, as unpatched: nothing waits for it.
     """
 
-    __slots__ = ("_on_end", "_receive", "_receiving", "_stream", "detached", "ended", "error", "over", "started")
+    __slots__ = (
+        "_on_end",
+        "_receive",
+        "_receiving",
+        "_stream",
+        "detached",
+        "ended",
+        "error",
+        "over",
+        "started",
+    )
 
     def __init__(self, stream: MemoryObjectSendStream[Message], receive: Receive) -> None:
         self._stream = stream
@@ -226,7 +238,9 @@ class _ThenFinish:
             await run.finish()
 
 
-def _run_inner_app(runs: List[_InnerRun], app: Any, scope: Any, receive: Receive, send: Send) -> Awaitable[None]:
+def _run_inner_app(
+    runs: list[_InnerRun], app: Any, scope: Any, receive: Receive, send: Send
+) -> Awaitable[None]:
     stream = _call_next_stream(send)
     if stream is None:
         return app(scope, receive, send)  # type: ignore[no-any-return]
@@ -330,11 +344,14 @@ _inner_receive = _InnerRun.receive.__code__
 
 
 def wrapper_for(
-    original: Callable[..., Awaitable[None]], *, finish_after_response: bool, captures_inner_errors: bool
+    original: Callable[..., Awaitable[None]], *, captures_inner_errors: bool
 ) -> Callable[..., Awaitable[None]]:
     """Build the wrapt wrapper for BaseHTTPMiddleware.__call__ around `original`."""
-    starlettes_own = getattr(original, "__module__", None) == "starlette.middleware.base"
-    stand_in = stand_in_for(starlettes_own, finish_after_response, captures_inner_errors)
+    # functools.wraps copies __module__, but not the absence of __wrapped__.
+    wrapped_by_others = hasattr(original, "__wrapped__")
+    starlettes_own = original.__module__ == "starlette.middleware.base" and not wrapped_by_others
+    both_fixes = stand_in_for(starlettes_own, True, captures_inner_errors)
+    start_only = stand_in_for(starlettes_own, False, captures_inner_errors)
 
     def shield_response_start(
         wrapped: Callable[..., Awaitable[None]],
@@ -349,6 +366,7 @@ def wrapper_for(
             code = getattr(receive, "__code__", None)
             if code is not _sticky and code is not _inner_receive:  # the outermost layer
                 receive = _disconnect_sticks(receive)
+            stand_in = both_fixes if after_response else start_only
             return original(stand_in(instance), scope, receive, send, **kwargs)
         return original(instance, *args, **kwargs)
 

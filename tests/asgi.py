@@ -8,6 +8,7 @@ from typing import AsyncIterator, Awaitable, Callable, Iterator
 
 import anyio
 import starlette
+from starlette.background import BackgroundTask
 from starlette.middleware.base import BaseHTTPMiddleware
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response, StreamingResponse
@@ -34,6 +35,7 @@ class Outcome:
     error: BaseException | None = None
     timed_out: bool = False
     elapsed: float = 0.0
+    response_over_at: float | None = None  # perf_counter() when the response's last message was sent
 
     def errors(self) -> Iterator[BaseException]:
         """The error and everything an exception group holds, flattened."""
@@ -112,6 +114,32 @@ def client_stays(body: bytes = b"hello") -> Receive:
     return receive
 
 
+class ClosesAfterResponse:
+    """The client reads the whole answer and closes, as curl does: the server then says
+    http.disconnect (uvicorn says it at once once the response is over, client or not)."""
+
+    def __init__(self, body: bytes = b"hello") -> None:
+        self.body = body
+        self.calls = 0
+        self.response_over = False
+
+    async def receive(self) -> Message:
+        self.calls += 1
+        if self.calls == 1:
+            return {"type": "http.request", "body": self.body, "more_body": False}
+        while not self.response_over:
+            await anyio.sleep(0.001)
+        return {"type": "http.disconnect"}
+
+
+def client_reads_then_closes(body: bytes = b"hello") -> Receive:
+    return ClosesAfterResponse(body).receive
+
+
+def is_last(message: Message) -> bool:
+    return message["type"] == "http.response.body" and not message.get("more_body", False)
+
+
 def run(
     app: ASGIApp,
     receive: Receive,
@@ -119,15 +147,32 @@ def run(
     backend: str,
     scope: Scope | None = None,
     timeout: float = 5.0,
+    cancel_after: float | None = None,
 ) -> Outcome:
-    """Run one request through `app`, bounded by `timeout` seconds."""
+    """Run one request through `app`, bounded by `timeout` seconds; with `cancel_after`, cancel
+    the request's task then, as a server does at shutdown."""
     outcome = Outcome()
+    client = getattr(receive, "__self__", None)
+    started = 0.0
 
     async def send(message: Message) -> None:
         outcome.messages.append(message)
+        if is_last(message):
+            outcome.response_over_at = time.perf_counter()
+            if isinstance(client, ClosesAfterResponse):
+                client.response_over = True
 
     async def main() -> None:
+        nonlocal started
         started = time.perf_counter()
+        if cancel_after is not None:
+            with anyio.move_on_after(cancel_after):
+                try:
+                    await app(scope or http_scope(), receive, send)
+                except BaseException as exc:  # anyio 3.0 lets a group of cancellations escape
+                    outcome.error = exc
+            outcome.elapsed = time.perf_counter() - started
+            return
         with anyio.move_on_after(timeout) as deadline:
             try:
                 await app(scope or http_scope(), receive, send)
@@ -160,6 +205,43 @@ def reads_body_then_answers(work: float = 0.01) -> ASGIApp:
         await Request(scope, receive).body()
         await anyio.sleep(work)
         await PlainTextResponse("done")(scope, receive, send)
+
+    return endpoint
+
+
+class Work:
+    """Work that an app does after its response; `ended` is its perf_counter() when it ended (and
+    raised, if it `fails`), None while it has not or when it was cancelled."""
+
+    def __init__(self, seconds: float = 0.05, fails: bool = False) -> None:
+        self.seconds = seconds
+        self.fails = fails
+        self.ended: float | None = None
+
+    async def run(self) -> None:  # a method: starlette 0.15 tells async callables by their function
+        await anyio.sleep(self.seconds)
+        self.ended = time.perf_counter()
+        if self.fails:
+            raise ValueError("from the work after the response")
+
+
+def answers_then_works(work: Work, streamed: bool = False, chunks: int = 3) -> ASGIApp:
+    """The endpoint reads the body and answers with a background task (starlette's BackgroundTask),
+    in one message or streamed in `chunks` chunks."""
+
+    async def endpoint(scope: Scope, receive: Receive, send: Send) -> None:
+        await Request(scope, receive).body()
+        await anyio.sleep(0.01)
+        background = BackgroundTask(work.run)
+        if not streamed:
+            await PlainTextResponse("done", background=background)(scope, receive, send)
+            return
+
+        async def body() -> AsyncIterator[bytes]:
+            for number in range(chunks):
+                yield b"chunk %d\n" % number
+
+        await StreamingResponse(body(), background=background)(scope, receive, send)
 
     return endpoint
 

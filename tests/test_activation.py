@@ -24,12 +24,16 @@ SCRIPT = """
 import json, sys
 before = sorted(m for m in ("starlette", "anyio", "wrapt", "starlette_shield_patch") if m in sys.modules)
 import starlette.middleware.base
-from scenario import client_gone_after_body, pass_through, reads_body_then_answers, run, stack
+from scenario import (Work, answers_then_works, client_gone_after_body, client_reads_then_closes,
+                      pass_through, reads_body_then_answers, run, stack)
 outcome = run(stack(reads_body_then_answers(), pass_through, pass_through),
               client_gone_after_body(), backend="asyncio")
+work = Work()
+after = run(stack(answers_then_works(work), pass_through), client_reads_then_closes(), backend="asyncio")
 call = starlette.middleware.base.BaseHTTPMiddleware.__dict__["__call__"]
 print(json.dumps({"at_startup": before, "clean": outcome.clean,
                   "no_response_returned": outcome.no_response_returned,
+                  "work_done_after_response": work.ended is not None and after.response_over_at < work.ended,
                   "wrapped": type(call).__name__ != "function"}))
 """
 
@@ -90,13 +94,17 @@ def only_line(result: subprocess.CompletedProcess[str]) -> dict[str, Any]:
     return report
 
 
-def expect_patched(report: dict[str, Any], patched: bool, *, forced: bool = False) -> None:
+def expect_patched(
+    report: dict[str, Any], patched: bool, *, forced: bool = False, after_response: bool = True
+) -> None:
     assert report["wrapped"] is (patched and (STARLETTE_AFFECTED or forced))
     if STARLETTE_AFFECTED:
         assert report["clean"] is patched
         assert report["no_response_returned"] is not patched
+        assert report["work_done_after_response"] is (patched and after_response)
     else:
         assert report["clean"]
+        assert report["work_done_after_response"]
 
 
 @pytest.mark.parametrize(
@@ -108,6 +116,8 @@ def expect_patched(report: dict[str, Any], patched: bool, *, forced: bool = Fals
         (" TRUE ", "on"),
         ("yes", "on"),
         ("On", "on"),
+        ("start-only", "start-only"),
+        (" Start-Only ", "start-only"),
         ("0", "off"),
         ("false", "off"),
         (" NO ", "off"),
@@ -122,9 +132,10 @@ def test_the_variable_at_startup(wheel_python: Path, scenario: Path, value: str 
     result = run_in(wheel_python, scenario, env=env)
     report = only_line(result)
 
-    expect_patched(report, kind in ("on", "force"), forced=kind == "force")
+    arms = kind in ("on", "start-only", "force")
+    expect_patched(report, arms, forced=kind == "force", after_response=kind != "start-only")
     assert "starlette" not in report["at_startup"] and "anyio" not in report["at_startup"]
-    if kind in ("on", "force"):
+    if arms:
         assert report["at_startup"] == ["starlette_shield_patch"]  # wrapt waits for starlette
     else:
         assert report["at_startup"] == []  # unset, off or invalid: the hook imports nothing
@@ -206,29 +217,46 @@ def test_editable_install_has_the_startup_hook(scenario: Path, tmp_path: Path) -
     expect_patched(only_line(run_in(python, scenario)), False)
 
 
-@pytest.mark.parametrize(("value", "exit_code"), [(None, 0), ("1", 0), ("0", 1 if STARLETTE_AFFECTED else 0)])
-def test_doctor_self_test(wheel_python: Path, scenario: Path, value: str | None, exit_code: int) -> None:
+@pytest.mark.parametrize(
+    ("value", "fixes"),
+    [(None, 2), ("1", 2), ("start-only", 1), ("0", 0)],
+    ids=["unset", "on", "start-only", "off"],
+)
+def test_doctor_self_test_says_what_each_fix_does(
+    wheel_python: Path, scenario: Path, value: str | None, fixes: int
+) -> None:
     env = {} if value is None else {"STARLETTE_SHIELD_PATCH": value}
     result = run_in(wheel_python, scenario, doctor=("--self-test", "--json"), env=env)
     report = json.loads(result.stdout)
+    test = report["self_test"]
 
-    assert result.returncode == exit_code, result.stderr
     assert report["starlette"] == version("starlette")
     assert report["affected"] is STARLETTE_AFFECTED
     assert report["startup_hook"] and report["startup_hook"].endswith("starlette_shield_patch.pth")
-    expected_without = "No response returned." if STARLETTE_AFFECTED else "clean"
-    assert report["self_test"]["without_shim"] == expected_without
-    assert report["self_test"]["with_shim"] == ("clean" if exit_code == 0 else expected_without)
-    assert report["self_test"]["ok"] is (exit_code == 0)
+    if not STARLETTE_AFFECTED:
+        assert (
+            test["without_shim"]
+            == test["with_shim"]
+            == {"response-start": "clean", "after-response": "finished"}
+        )
+        assert result.returncode == 0 and test["ok"]
+        return
+    assert test["without_shim"] == {"response-start": "No response returned.", "after-response": "cancelled"}
+    assert test["with_shim"] == {
+        "response-start": "clean" if fixes else "No response returned.",
+        "after-response": "finished" if fixes == 2 else "cancelled",
+    }
+    assert test["fixes"] == ["response-start", "after-response"][:fixes]
+    assert test["ok"] is bool(fixes) and result.returncode == (0 if fixes else 1), result.stderr
 
 
-def test_doctor_text(wheel_python: Path, scenario: Path) -> None:
+def test_doctor_text_names_each_line(wheel_python: Path, scenario: Path) -> None:
     result = run_in(wheel_python, scenario, doctor=("--self-test",))
 
     assert result.returncode == 0, result.stderr
     names = [line.split("  ")[0] for line in result.stdout.splitlines()]
     assert names == [
         "Python", "starlette", "anyio", "wrapt", "STARLETTE_SHIELD_PATCH", "startup hook",
-        "the shim would", "without the shim", "with the shim", "self-test",
+        "the shim would", "without the shim", "with the shim", "shim status", "fixes in force", "self-test",
     ]  # fmt: skip
     assert version("starlette") in result.stdout

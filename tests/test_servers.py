@@ -12,6 +12,13 @@ from tests.asgi import STARLETTE_AFFECTED
 
 pytestmark = pytest.mark.servers
 
+
+@pytest.fixture(params=["unpatched", "patched"])
+def shim(request: pytest.FixtureRequest) -> str:
+    """The server runs without, then with the shim (both fixes, by STARLETTE_SHIELD_PATCH=1)."""
+    return str(request.param)
+
+
 SERVERS = {
     "uvicorn-asyncio": ("uvicorn", "asyncio"),
     "uvicorn-uvloop": ("uvicorn", "uvloop"),

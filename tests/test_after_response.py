@@ -1,0 +1,227 @@
+"""Work after the response (background tasks, exit stacks) runs to its end, and the response is
+not held back by it; cancellation from outside still stops it (starlette#1438, #919)."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from typing import Any, AsyncIterator, Iterator
+
+import anyio
+import pytest
+from starlette.middleware.base import BaseHTTPMiddleware
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, StreamingResponse
+
+import starlette_shield_patch
+from conftest import shim_state
+from tests.asgi import (
+    STARLETTE_AFFECTED,
+    STARLETTE_HAS_ANYIO,
+    ASGIApp,
+    Message,
+    Outcome,
+    Receive,
+    Scope,
+    Send,
+    Work,
+    answers_then_works,
+    client_gone_after_body,
+    client_reads_then_closes,
+    client_stays,
+    expect_bug_only_unpatched,
+    pass_through,
+    reads_body_then_answers,
+    run,
+    stack,
+)
+
+pytestmark = pytest.mark.skipif(not STARLETTE_HAS_ANYIO, reason="needs an anyio BaseHTTPMiddleware")
+only_affected = pytest.mark.skipif(not STARLETTE_AFFECTED, reason="the shim is not applied outside the range")
+
+CLIENTS = {
+    "stays": client_stays,
+    "closes-after-response": client_reads_then_closes,
+    "leaves-mid-request": client_gone_after_body,
+}
+
+
+def work_done_after_response(outcome: Outcome, work: Work, client: str) -> bool:
+    """The work finished, after the response's last message reached the server (when the client
+    was there to get it), and the request ended only then."""
+    if work.ended is None or not outcome.clean:
+        return False
+    if client == "leaves-mid-request":
+        return True
+    return outcome.response_over_at is not None and outcome.response_over_at < work.ended
+
+
+def expect_fixed_only_patched(fixed: bool, shim: str) -> None:
+    """Fixed where the after-response fix is on, and on releases that do not have the bug."""
+    assert fixed is (shim == "patched" or not STARLETTE_AFFECTED)
+
+
+@pytest.mark.parametrize("client", list(CLIENTS))
+@pytest.mark.parametrize("layers", [1, 3], ids=["one-layer", "three-layers"])
+def test_a_background_task_finishes_after_the_response(
+    shim: str, backend: str, layers: int, client: str
+) -> None:
+    work = Work()
+    app = stack(answers_then_works(work), *[pass_through] * layers)
+
+    outcome = run(app, CLIENTS[client](), backend=backend)
+
+    expect_fixed_only_patched(work_done_after_response(outcome, work, client), shim)
+    if shim == "patched":
+        assert outcome.elapsed >= work.seconds  # __call__ returns when the work is done, as 0.21.0
+
+
+def test_a_streamed_response_ends_before_its_background_work(shim: str, backend: str) -> None:
+    work = Work(seconds=0.2)
+    app = stack(answers_then_works(work, streamed=True, chunks=5), pass_through, pass_through)
+
+    outcome = run(app, client_stays(), backend=backend)
+
+    bodies = b"".join(message.get("body", b"") for message in outcome.messages)
+    assert bodies == b"".join(b"chunk %d\n" % number for number in range(5)) or not outcome.clean
+    expect_fixed_only_patched(work_done_after_response(outcome, work, "stays"), shim)
+
+
+def closes_exit_stack(app: ASGIApp, work: Work) -> ASGIApp:
+    """A pure ASGI middleware whose AsyncExitStack closes (and awaits) after the response."""
+
+    async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
+        async with contextlib.AsyncExitStack() as stack:
+            stack.push_async_callback(work.run)
+            await app(scope, receive, send)
+
+    return middleware
+
+
+@pytest.mark.parametrize("client", list(CLIENTS))
+def test_an_exit_stack_below_a_layer_closes(shim: str, backend: str, client: str) -> None:
+    work = Work()
+    app = stack(closes_exit_stack(reads_body_then_answers(), work), pass_through)
+
+    outcome = run(app, CLIENTS[client](), backend=backend)
+
+    expect_fixed_only_patched(work_done_after_response(outcome, work, client), shim)
+
+
+@only_affected  # 0.21.0 drops it (its call_next has stopped reading), later releases raise it
+def test_an_error_in_work_after_the_response_reaches_the_server(shim: str, backend: str) -> None:
+    work = Work(fails=True)
+    app = stack(answers_then_works(work), pass_through)
+
+    outcome = run(app, client_stays(), backend=backend)
+
+    raised = any(isinstance(error, ValueError) for error in outcome.errors())
+    # ... raised once the whole response had reached the server, not holding it back.
+    over_before = outcome.response_over_at is not None and work.ended is not None
+    reached = raised and over_before and outcome.response_over_at < work.ended  # type: ignore[operator]
+    assert reached is (shim == "patched"), outcome  # lost or holding the response back otherwise
+
+
+def test_the_server_cancelling_the_request_stops_the_work(shim: str, backend: str) -> None:
+    work = Work(seconds=10)
+    app = stack(answers_then_works(work), pass_through, pass_through)
+
+    outcome = run(app, client_stays(), backend=backend, cancel_after=0.3)
+
+    assert work.ended is None
+    assert outcome.elapsed < 1.5
+    if shim == "patched" or not STARLETTE_AFFECTED:  # unpatched, before 0.20.1 the response waits
+        assert outcome.response_over_at is not None
+
+
+@only_affected  # from 0.21.0 on, is_disconnected() through a layer never sees the disconnect
+def test_is_disconnected_turns_true_when_the_client_leaves(shim: str, backend: str) -> None:
+    saw_disconnect_after: list[float] = []
+
+    async def endpoint(scope: Scope, receive: Receive, send: Send) -> None:
+        request = Request(scope, receive)
+        await request.body()
+        started = anyio.current_time()
+        with anyio.move_on_after(2):
+            while not await request.is_disconnected():
+                await anyio.sleep(0.01)
+            saw_disconnect_after.append(anyio.current_time() - started)
+        await PlainTextResponse("done")(scope, receive, send)
+
+    outcome = run(stack(endpoint, pass_through, pass_through), client_gone_after_body(), backend=backend)
+
+    assert saw_disconnect_after and saw_disconnect_after[0] < 0.5
+    expect_bug_only_unpatched(outcome, shim)
+
+
+def says_disconnect_once() -> Receive:
+    """The client leaves and the server says http.disconnect once, as hypercorn does."""
+    calls = 0
+
+    async def receive() -> Message:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            return {"type": "http.request", "body": b"", "more_body": False}
+        if calls == 2:
+            await anyio.sleep(0.1)
+            return {"type": "http.disconnect"}
+        await anyio.Event().wait()
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    return receive
+
+
+def test_an_endless_stream_stops_when_the_client_leaves(shim: str, backend: str) -> None:
+    """No new hang: the layers wait for their inner apps, whose receive then says disconnect."""
+
+    async def endless(scope: Scope, receive: Receive, send: Send) -> None:
+        async def events() -> AsyncIterator[bytes]:
+            while True:
+                yield b"data: tick\n\n"
+                await anyio.sleep(0.01)
+
+        await StreamingResponse(events(), media_type="text/event-stream")(scope, receive, send)
+
+    outcome = run(stack(endless, pass_through, pass_through), says_disconnect_once(), backend=backend)
+
+    assert not outcome.timed_out and outcome.elapsed < 1.5, outcome.elapsed
+    assert outcome.messages[:1] and outcome.messages[0]["type"] == "http.response.start"
+
+
+@contextlib.contextmanager
+def wrapped_before_the_shim() -> Iterator[None]:
+    """Another library's wrapper on __call__ before the shim, as sentry-sdk's: a closure over the
+    old __call__ that looks at `self`."""
+    original = BaseHTTPMiddleware.__dict__["__call__"]
+
+    @functools.wraps(original)
+    async def traced_call(self: Any, scope: Scope, receive: Receive, send: Send) -> None:
+        assert isinstance(self, BaseHTTPMiddleware) and self.__class__.__name__ == "BaseHTTPMiddleware"
+        await original(self, scope, receive, send)
+
+    BaseHTTPMiddleware.__call__ = traced_call  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        BaseHTTPMiddleware.__call__ = original  # type: ignore[method-assign]
+
+
+@only_affected
+@pytest.mark.parametrize("after_response", [True, False], ids=["both-fixes", "start-only"])
+def test_both_fixes_under_a_wrapper_installed_before_the_shim(backend: str, after_response: bool) -> None:
+    work = Work()
+    with shim_state(False), wrapped_before_the_shim():
+        starlette_shield_patch.apply(after_response=after_response)
+        assert starlette_shield_patch.status().patched
+        gone = run(
+            stack(reads_body_then_answers(), pass_through, pass_through),
+            client_gone_after_body(),
+            backend=backend,
+        )
+        stays = run(
+            stack(answers_then_works(work), pass_through), client_reads_then_closes(), backend=backend
+        )
+
+    assert gone.clean, gone
+    assert work_done_after_response(stays, work, "closes-after-response") is after_response
