@@ -136,10 +136,12 @@ def wait_until_listening(server: Server, timeout: float = 30) -> None:
     raise RuntimeError(f"nothing listens on 127.0.0.1:{server.port} after {timeout}s")
 
 
-def request_bytes(method: str, path: str, body: bytes, declared: int | None = None) -> bytes:
+def request_bytes(
+    method: str, path: str, body: bytes, declared: int | None = None, *, keep_alive: bool = False
+) -> bytes:
     length = len(body) if declared is None else declared
     head = f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {length}\r\n"
-    head += "Connection: close\r\n\r\n"
+    head += "\r\n" if keep_alive else "Connection: close\r\n\r\n"
     return head.encode() + body
 
 
@@ -148,6 +150,13 @@ def exchange(port: int, payload: bytes) -> bytes:
 
     Returns the status line and headers as sent, then the body, de-chunked.
     """
+    return timed_exchange(port, payload)[0]
+
+
+def timed_exchange(port: int, payload: bytes, *, hold: float = 0.0) -> tuple[bytes, float]:
+    """exchange(), and the seconds until the whole answer had arrived; with `hold` the client keeps
+    the connection open that long after the answer (keep-alive) before it closes."""
+    started = time.monotonic()
     with socket.create_connection(("127.0.0.1", port), timeout=CLIENT_TIMEOUT) as connection:
         connection.sendall(payload)
         buffer = b""
@@ -178,7 +187,9 @@ def exchange(port: int, payload: bytes) -> bytes:
             length = int(match.group(1)) if match else 0
             fill(lambda data: len(data) >= length)
             body = buffer[:length]
-    return head + b"\r\n\r\n" + body
+        answered_in = time.monotonic() - started
+        time.sleep(hold)
+    return head + b"\r\n\r\n" + body, answered_in
 
 
 def leave_after(port: int, payload: bytes, seconds: float, read: int = 0) -> None:
@@ -202,7 +213,16 @@ def leave_after(port: int, payload: bytes, seconds: float, read: int = 0) -> Non
 
 def in_flight(port: int) -> int:
     """Requests the app (demo.servers_app) has begun and not finished, this one not counted."""
-    answer = exchange(port, b"GET /stats HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+    return count(port, "/stats")
+
+
+def finished_work(port: int) -> int:
+    """Background tasks of the app (demo.servers_app) that ran to their end."""
+    return count(port, "/finished")
+
+
+def count(port: int, path: str) -> int:
+    answer = exchange(port, request_bytes("GET", path, b""))
     return int(answer.split(b"\r\n\r\n", 1)[1])
 
 
@@ -212,3 +232,46 @@ def drain(port: int, timeout: float = 10.0) -> int:
     while (left := in_flight(port)) and time.monotonic() < deadline:
         time.sleep(0.05)
     return left
+
+
+@dataclass
+class AfterResponse:
+    """Clients of /background (demo.servers_app): what they got, and the work that finished."""
+
+    clients: int
+    answered: int  # whole, correct answers
+    slowest_answer: float  # seconds until the slowest client had its whole answer
+    finished: int  # background tasks that ran to their end, once nothing was in flight
+    left_in_flight: int
+
+
+def work_after_response(
+    port: int, *, clients: int = 10, keep_alive: bool = False, work: float = 0.3, stream: bool = False
+) -> AfterResponse:
+    """`clients` at once ask for a response that carries `work` seconds of background work; each
+    reads the whole answer and closes (or, `keep_alive`, holds the connection open past the work)."""
+    import threading
+
+    before = finished_work(port)
+    path = f"/background?work={work}" + ("&stream=1" if stream else "")
+    payload = request_bytes("GET", path, b"", keep_alive=keep_alive)
+    answers: list[tuple[bytes, float]] = []
+
+    def client() -> None:
+        with suppress(OSError):
+            answers.append(timed_exchange(port, payload, hold=work + 0.2 if keep_alive else 0.0))
+
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=CLIENT_TIMEOUT + work + 1)
+    left = drain(port)
+    expected = b"chunk 002\n" if stream else b"done"
+    return AfterResponse(
+        clients=clients,
+        answered=sum(answer.startswith(b"HTTP/1.1 200") and answer.endswith(expected) for answer, _ in answers),
+        slowest_answer=max((seconds for _, seconds in answers), default=float("inf")),
+        finished=finished_work(port) - before,
+        left_in_flight=left,
+    )

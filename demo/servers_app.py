@@ -1,5 +1,6 @@
 """The app that the demo, the soak command and the integration tests serve: two
-BaseHTTPMiddleware layers over a slow endpoint and a streaming one, as in the bug reports."""
+BaseHTTPMiddleware layers over a slow endpoint, a streaming one and one whose response carries a
+background task, as in the bug reports."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import AsyncIterator
 
 import anyio
 from starlette.applications import Starlette
+from starlette.background import BackgroundTask
 from starlette.middleware import Middleware
 from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
 from starlette.requests import ClientDisconnect, Request
@@ -26,6 +28,7 @@ if os.environ.get("DEMO_DUMP"):
     faulthandler.register(signal.SIGUSR1, all_threads=True)
 
 in_flight = 0  # requests that entered the app and have not left it
+finished_work = 0  # background tasks that ran to their end
 
 
 async def pass_through(request: Request, call_next: RequestResponseEndpoint) -> Response:
@@ -57,15 +60,44 @@ async def stream(request: Request) -> Response:
     return StreamingResponse(body(), media_type="text/plain")
 
 
+async def work_after_response(seconds: float, fails: bool) -> None:
+    global finished_work
+    await anyio.sleep(seconds)
+    if fails:
+        raise ValueError("from the work after the response")
+    finished_work += 1
+
+
+async def background(request: Request) -> Response:
+    """Answers at once; the response carries `work` seconds of background work (`fail=1`: then raises)."""
+    task = BackgroundTask(
+        work_after_response, float(request.query_params.get("work", "0.3")), "fail" in request.query_params
+    )
+    if "stream" in request.query_params:
+
+        async def body() -> AsyncIterator[bytes]:
+            for number in range(3):
+                yield b"chunk %03d\n" % number
+
+        return StreamingResponse(body(), media_type="text/plain", background=task)
+    return PlainTextResponse("done", background=task)
+
+
 async def stats(request: Request) -> Response:
     return PlainTextResponse(f"{in_flight - 1}")  # this request itself does not count
+
+
+async def finished(request: Request) -> Response:
+    return PlainTextResponse(f"{finished_work}")
 
 
 starlette_app = Starlette(
     routes=[
         Route("/slow", slow, methods=["POST"]),
         Route("/stream", stream, methods=["POST"]),
+        Route("/background", background),
         Route("/stats", stats),
+        Route("/finished", finished),
     ],
     middleware=[Middleware(BaseHTTPMiddleware, dispatch=pass_through)] * 2,
 )

@@ -24,7 +24,10 @@ AFFECTED_RELEASES = (
     "0.19.1", "0.20.0", "0.20.1", "0.20.3", "0.20.4",
 )  # fmt: skip
 STARLETTE_AFFECTED = starlette.__version__ in AFFECTED_RELEASES
-STARLETTE_HAS_ANYIO = tuple(int(part) for part in starlette.__version__.split(".")[:2]) >= (0, 15)
+STARLETTE_RELEASE = tuple(int(part) for part in starlette.__version__.split(".")[:3])
+STARLETTE_HAS_ANYIO = STARLETTE_RELEASE >= (0, 15)
+# starlette#1609 (0.20.1): the layer's body ends at the inner app's last message, not when it returns.
+BODY_ENDS_AT_LAST_MESSAGE = STARLETTE_RELEASE >= (0, 20, 1)
 
 
 @dataclass

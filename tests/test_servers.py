@@ -7,8 +7,8 @@ from typing import Callable
 
 import pytest
 
-from demo.harness import Server, drain, exchange, leave_after, request_bytes, serving
-from tests.asgi import STARLETTE_AFFECTED
+from demo.harness import Server, drain, exchange, leave_after, request_bytes, serving, work_after_response
+from tests.asgi import BODY_ENDS_AT_LAST_MESSAGE, STARLETTE_AFFECTED
 
 pytestmark = pytest.mark.servers
 
@@ -34,6 +34,7 @@ LEAVING: dict[str, Callable[[int], None]] = {
 }
 # Where the client leaves before the response starts, the bug shows; mid-stream it does not.
 # hypercorn says http.disconnect once: when the endpoint's body read takes it, no layer sees it.
+WORK = 0.3  # seconds of background work per response
 SHOWS_THE_BUG = {
     "uvicorn": {"before-body-complete", "while-endpoint-works"},
     "hypercorn": {"while-endpoint-works"},
@@ -89,3 +90,37 @@ def test_soak_short() -> None:
     assert with_shim.in_flight_at_end == 0
     assert with_shim.answered + with_shim.disconnected == with_shim.sent == 300
     assert with_shim.rss_end_kib - with_shim.rss_start_kib < 4 * 1024
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "streamed"])
+@pytest.mark.parametrize("keep_alive", [False, True], ids=["reads-and-closes", "keep-alive"])
+@pytest.mark.parametrize("server_name", list(SERVERS))
+def test_work_after_the_response_finishes(shim: str, server_name: str, keep_alive: bool, stream: bool) -> None:
+    """Ten clients at once; each response carries 0.3 s of background work."""
+    kind, loop = SERVERS[server_name]
+    if loop == "uvloop":
+        pytest.importorskip("uvloop")
+    with serving("demo.servers_app:app", server=kind, loop=loop, shim=shim == "patched") as server:
+        result = work_after_response(server.port, keep_alive=keep_alive, work=WORK, stream=stream)
+
+    assert result.answered == result.clients, (result, server.log)
+    fixed = result.finished == result.clients and result.slowest_answer < WORK
+    # Before 0.20.1 the layer ends its body only once the inner app returns, after the work
+    # (starlette#919): a client sees that as a late end of a chunked body; the end of a body of
+    # declared length comes first, and the work is cancelled only if the server says disconnect
+    # when that client closes (uvicorn does; hypercorn only once the response is over).
+    closes_early = not keep_alive and kind == "uvicorn"
+    bug_shows = STARLETTE_AFFECTED and (BODY_ENDS_AT_LAST_MESSAGE or stream or closes_early)
+    assert fixed is (shim == "patched" or not bug_shows), result
+    assert result.left_in_flight == 0
+    assert not server.exceptions(), server.log
+    assert server.exit_code == 0 and server.stopped_in < 10, server.log
+
+
+def test_an_error_in_work_after_the_response_is_logged() -> None:
+    with serving("demo.servers_app:app", shim=True) as server:
+        answer = exchange(server.port, request_bytes("GET", "/background?work=0.05&fail=1", b""))
+        assert drain(server.port) == 0
+
+    assert answer.endswith(b"done")
+    assert server.exceptions()["ValueError"] == 1 and "from the work after the response" in server.log
