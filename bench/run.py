@@ -1,7 +1,8 @@
 """Per-request cost of the shim, as median ratios of alternating rounds (`scripts/bench`).
 
-Two long-lived workers per anyio version, one on starlette 0.20.4 (unpatched, patched, an empty
-wrapt wrapper) and one on 0.21.0 (the upstream fix). Rounds alternate between the variants, in
+Two long-lived workers per anyio version, one on starlette 0.20.4 (unpatched, patched with both
+fixes, patched with the response-start fix alone, an empty wrapt wrapper) and one on 0.21.0 (the
+upstream fix). Rounds alternate between the variants, in
 a rotating order, each on fresh middleware instances; a ratio is taken per round, and the
 figure is the median over rounds, so drift on a shared machine cancels out.
 """
@@ -17,7 +18,13 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-SHAPES = {"plain-1-layer": "(a) plain response, 1 layer", "stream100-3-layers": "(b) 100 chunks, 3 layers"}
+SHAPES = {
+    "plain-1-layer": "(a) plain response, 1 layer",
+    "stream100-3-layers": "(b) 100 chunks, 3 layers",
+    "background-1-layer": "(c) plain response + background task, 1 layer",
+}
+# Each figure is the median ratio to unpatched 0.20.4; the first is what a request costs there.
+VARIANTS = {"patched": "shim", "start-only": "start fix alone", "empty-wrapt": "empty wrapt wrapper"}
 ROUND_SECONDS = 0.2
 
 
@@ -45,23 +52,16 @@ class Worker:
 
 
 def venv(where: Path, *requirements: str, shim: bool = True) -> Path:
-    """A venv in `where` with `requirements` (and this package unless `shim` is False), kept.
-
-    Installed with compiled bytecode, as pip installs by default.
-    """
-    if not (where / "bin" / "python").exists():
+    """A venv in `where` with `requirements`, kept, and this package as it is now unless `shim` is
+    False. Installed with compiled bytecode, as pip installs by default."""
+    python = where / "bin" / "python"
+    install = ["uv", "pip", "install", "--quiet", "--compile-bytecode", "--python", str(python)]
+    if not python.exists():
         subprocess.run(["uv", "venv", "--quiet", "--python", sys.executable, str(where)], check=True)
-        install = [
-            "uv",
-            "pip",
-            "install",
-            "--quiet",
-            "--compile-bytecode",
-            "--python",
-            str(where / "bin" / "python"),
-        ]
-        subprocess.run([*install, *([str(ROOT)] if shim else []), *requirements], check=True)
-    return where / "bin" / "python"
+        subprocess.run([*install, *requirements], check=True)
+    if shim:  # the working tree's code, never a copy left from an earlier run
+        subprocess.run([*install, "--reinstall-package", "starlette-shield-patch", str(ROOT)], check=True)
+    return python
 
 
 def installed(python: Path, distribution: str) -> str:
@@ -78,23 +78,27 @@ def percent(ratio: float) -> str:
 def measure(fixed: Worker, upstream: Worker, shape: str, rounds: int) -> dict[str, float]:
     probe = fixed.round(shape, "unpatched", 20) / 20
     requests = max(10, int(ROUND_SECONDS / probe))
-    variants = [(fixed, "unpatched"), (fixed, "patched"), (fixed, "empty-wrapt"), (upstream, "unpatched")]
+    variants = [(fixed, "unpatched"), *[(fixed, name) for name in VARIANTS], (upstream, "0.21.0")]
     for worker, variant in variants:  # warm up every variant once
-        worker.round(shape, variant, requests)
-    ratios: dict[str, list[float]] = {"patched": [], "empty-wrapt": [], "0.21.0": []}
+        worker.round(shape, worker_variant(variant), requests)
+    ratios: dict[str, list[float]] = {variant: [] for _, variant in variants[1:]}
     base_times: list[float] = []
     for number in range(rounds):
-        order = variants[number % 4 :] + variants[: number % 4]
-        times = {(id(worker), variant): worker.round(shape, variant, requests) for worker, variant in order}
-        base = times[(id(fixed), "unpatched")]
+        shift = number % len(variants)
+        order = variants[shift:] + variants[:shift]
+        times = {variant: worker.round(shape, worker_variant(variant), requests) for worker, variant in order}
+        base = times["unpatched"]
         base_times.append(base / requests)
-        ratios["patched"].append(times[(id(fixed), "patched")] / base)
-        ratios["empty-wrapt"].append(times[(id(fixed), "empty-wrapt")] / base)
-        ratios["0.21.0"].append(times[(id(upstream), "unpatched")] / base)
+        for variant in ratios:
+            ratios[variant].append(times[variant] / base)
     figures = {name: statistics.median(values) for name, values in ratios.items()}
     figures["microseconds"] = statistics.median(base_times) * 1e6
     figures["requests"] = requests
     return figures
+
+
+def worker_variant(variant: str) -> str:
+    return "unpatched" if variant == "0.21.0" else variant  # the 0.21.0 worker runs it unpatched
 
 
 def main() -> int:
@@ -107,8 +111,9 @@ def main() -> int:
     rounds = f"{arguments.rounds} rounds of ~{ROUND_SECONDS}s per variant"
     print(f"Python {platform.python_version()}, {os.cpu_count()} CPUs, {rounds}")
     print()
-    print("| anyio | shape | unpatched, µs/request | shim | empty wrapt wrapper | starlette 0.21.0 |")
-    print("|---|---|---|---|---|---|")
+    header = ["anyio", "shape", "unpatched, µs/request", *VARIANTS.values(), "starlette 0.21.0"]
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
     anyios = {"3.7.1": "anyio==3.7.1", "4": "anyio<5"}
     for anyio in [anyios[name] for name in arguments.anyio or anyios]:
         tag = anyio.replace("==", "-").replace("<", "-lt-")
@@ -123,9 +128,7 @@ def main() -> int:
                     installed(fixed_python, "anyio"),
                     label,
                     f"{figures['microseconds']:.0f}",
-                    percent(figures["patched"]),
-                    percent(figures["empty-wrapt"]),
-                    percent(figures["0.21.0"]),
+                    *[percent(figures[variant]) for variant in [*VARIANTS, "0.21.0"]],
                 ]
                 print("| " + " | ".join(cells) + " |", flush=True)
         finally:

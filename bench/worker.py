@@ -13,6 +13,7 @@ from typing import Any, AsyncIterator, Callable
 
 import anyio
 import wrapt
+from starlette.background import BackgroundTask
 from starlette.middleware.base import BaseHTTPMiddleware
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response, StreamingResponse
@@ -30,6 +31,15 @@ async def plain(scope: Any, receive: Any, send: Any) -> None:
     await PlainTextResponse("hello, world")(scope, receive, send)
 
 
+async def nothing() -> None:
+    pass
+
+
+async def plain_with_background(scope: Any, receive: Any, send: Any) -> None:
+    # A background task that does no work: unpatched and patched run the same code in it.
+    await PlainTextResponse("hello, world", background=BackgroundTask(nothing))(scope, receive, send)
+
+
 async def streaming(scope: Any, receive: Any, send: Any) -> None:
     async def chunks() -> AsyncIterator[bytes]:
         for _ in range(100):
@@ -45,6 +55,7 @@ async def pass_through(request: Request, call_next: Any) -> Response:
 SHAPES: dict[str, tuple[Callable[..., Any], int]] = {
     "plain-1-layer": (plain, 1),  # (a)
     "stream100-3-layers": (streaming, 3),  # (b)
+    "background-1-layer": (plain_with_background, 1),  # (c)
 }
 
 
@@ -57,8 +68,8 @@ def set_variant(variant: str) -> None:
 
     starlette_shield_patch.remove()
     BaseHTTPMiddleware.__call__ = ORIGINAL  # type: ignore[method-assign]
-    if variant == "patched":
-        starlette_shield_patch.apply()
+    if variant in ("patched", "start-only"):
+        starlette_shield_patch.apply(after_response=variant == "patched")
         assert starlette_shield_patch.status().patched, starlette_shield_patch.status()
     elif variant == "empty-wrapt":
         BaseHTTPMiddleware.__call__ = wrapt.FunctionWrapper(ORIGINAL, empty_wrapper)  # type: ignore[method-assign]

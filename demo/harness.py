@@ -268,9 +268,10 @@ def work_after_response(
         thread.join(timeout=CLIENT_TIMEOUT + work + 1)
     left = drain(port)
     expected = b"chunk 002\n" if stream else b"done"
+    whole = [answer.startswith(b"HTTP/1.1 200") and answer.endswith(expected) for answer, _ in answers]
     return AfterResponse(
         clients=clients,
-        answered=sum(answer.startswith(b"HTTP/1.1 200") and answer.endswith(expected) for answer, _ in answers),
+        answered=sum(whole),
         slowest_answer=max((seconds for _, seconds in answers), default=float("inf")),
         finished=finished_work(port) - before,
         left_in_flight=left,

@@ -95,7 +95,9 @@ def test_soak_short() -> None:
 @pytest.mark.parametrize("stream", [False, True], ids=["plain", "streamed"])
 @pytest.mark.parametrize("keep_alive", [False, True], ids=["reads-and-closes", "keep-alive"])
 @pytest.mark.parametrize("server_name", list(SERVERS))
-def test_work_after_the_response_finishes(shim: str, server_name: str, keep_alive: bool, stream: bool) -> None:
+def test_work_after_the_response_finishes(
+    shim: str, server_name: str, keep_alive: bool, stream: bool
+) -> None:
     """Ten clients at once; each response carries 0.3 s of background work."""
     kind, loop = SERVERS[server_name]
     if loop == "uvloop":
