@@ -18,12 +18,10 @@ from starlette.middleware.base import BaseHTTPMiddleware
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response, StreamingResponse
 
+from starlette_shield_patch._selftest import http_scope
+
 CHUNK = b"x" * 64
-SCOPE = {
-    "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET",
-    "scheme": "http", "path": "/", "raw_path": b"/", "root_path": "", "query_string": b"",
-    "headers": [(b"host", b"bench")], "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80),
-}  # fmt: skip
+SCOPE = http_scope("GET")
 ORIGINAL = BaseHTTPMiddleware.__dict__["__call__"]
 
 

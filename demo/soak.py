@@ -11,7 +11,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
-from demo.harness import Server, rss_kib, serving
+from demo.harness import Server, drain, rss_kib, serving
 
 WARM_UP = 300  # requests before the first memory reading
 HEAD = "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {length}\r\nConnection: close\r\n\r\n"
@@ -83,14 +83,6 @@ async def one_client(port: int, plan: Plan, run: Run) -> None:
         run.failed[type(exc).__name__] += 1
 
 
-async def in_flight(port: int) -> int:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(b"GET /stats HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
-    answer = await reader.read()
-    writer.close()
-    return int(answer.split(b"\r\n\r\n", 1)[1])
-
-
 async def load(port: int, plans: list[Plan], concurrency: int, run: Run) -> None:
     gate = asyncio.Semaphore(concurrency)
 
@@ -99,10 +91,7 @@ async def load(port: int, plans: list[Plan], concurrency: int, run: Run) -> None
             await one_client(port, plan, run)
 
     await asyncio.gather(*(gated(plan) for plan in plans))
-    deadline = time.monotonic() + 10
-    while (left := await in_flight(port)) and time.monotonic() < deadline:
-        await asyncio.sleep(0.1)
-    run.in_flight_at_end = left
+    run.in_flight_at_end = await asyncio.get_running_loop().run_in_executor(None, drain, port)
 
 
 def soak(shim: bool, requests: int, concurrency: int, seed: int) -> Run:

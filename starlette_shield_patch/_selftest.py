@@ -15,6 +15,40 @@ FINISHED = "finished"
 CANCELLED = "cancelled"
 
 
+def http_scope(
+    method: str = "POST", path: str = "/", headers: list[tuple[bytes, bytes]] | None = None
+) -> Any:
+    """An HTTP scope as a server makes it (the scenarios here, the tests and the benchmark use it)."""
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.1"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "root_path": "",
+        "query_string": b"",
+        "headers": headers or [(b"host", b"testserver")],
+        "client": ("127.0.0.1", 50000),
+        "server": ("127.0.0.1", 8000),
+    }
+
+
+def leaf_errors(error: BaseException | None) -> list[BaseException]:
+    """The error and everything exception groups (anyio 3's, trio's, the builtin) hold, flattened."""
+    pending = [error] if error is not None else []
+    leaves = []
+    while pending:
+        error = pending.pop()
+        nested = getattr(error, "exceptions", None)
+        if nested:
+            pending.extend(nested)
+        else:
+            leaves.append(error)
+    return leaves
+
+
 def disconnect_outcome() -> str:
     """Two pass-through BaseHTTPMiddleware layers; the client leaves while the endpoint works."""
     import anyio
@@ -78,11 +112,6 @@ def _request(
     app = endpoint
     for _ in range(layers):
         app = BaseHTTPMiddleware(app, pass_through)
-    scope = {
-        "type": "http", "http_version": "1.1", "method": "POST", "scheme": "http", "path": "/",
-        "raw_path": b"/", "root_path": "", "query_string": b"", "headers": [],
-        "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80),
-    }  # fmt: skip
     calls = 0
     received = 0  # body bytes the client has read
     errors: list[BaseException] = []
@@ -103,20 +132,15 @@ def _request(
     async def main() -> None:
         with anyio.move_on_after(5):
             try:
-                await app(scope, receive, send)
+                await app(http_scope(), receive, send)
             except anyio.get_cancelled_exc_class():
                 raise
             except BaseException as exc:  # anyio 3's ExceptionGroup is a BaseException
                 errors.append(exc)
 
     anyio.run(main)
-    while errors:
-        error = errors.pop()
-        nested = getattr(error, "exceptions", None)
-        if nested:
-            errors.extend(nested)
-        elif isinstance(error, RuntimeError) and str(error) == NO_RESPONSE_RETURNED:
+    for error in leaf_errors(errors[0] if errors else None):
+        if isinstance(error, RuntimeError) and str(error) == NO_RESPONSE_RETURNED:
             return NO_RESPONSE_RETURNED
-        else:
-            return type(error).__name__
+        return type(error).__name__
     return None

@@ -1,4 +1,9 @@
-"""In-process ASGI scenarios: apps with stacked BaseHTTPMiddleware, scripted clients, outcomes."""
+"""In-process ASGI scenarios: apps with stacked BaseHTTPMiddleware, scripted clients, outcomes.
+
+Never imports starlette_shield_patch: the activation tests run it in fresh venvs as the app that
+gets patched without a code change. So it keeps its own scope and error flattening, which
+starlette_shield_patch._selftest has as well.
+"""
 
 from __future__ import annotations
 
@@ -88,8 +93,9 @@ def http_scope(method: str = "POST", path: str = "/") -> Scope:
     }
 
 
-def client_gone_after_body(body: bytes = b"hello") -> Receive:
-    """The client sent its body and went away: every later receive() is http.disconnect."""
+def client(*after_body: str, body: bytes = b"hello", pause: float = 0.0) -> Receive:
+    """A client's receive(): its body, then each of `after_body` in turn, the last one for ever:
+    "disconnect" (it is gone: http.disconnect, after `pause` seconds) or "wait" (for the answer)."""
     calls = 0
 
     async def receive() -> Message:
@@ -97,24 +103,24 @@ def client_gone_after_body(body: bytes = b"hello") -> Receive:
         calls += 1
         if calls == 1:
             return {"type": "http.request", "body": body, "more_body": False}
-        return {"type": "http.disconnect"}
-
-    return receive
-
-
-def client_stays(body: bytes = b"hello") -> Receive:
-    """The client sent its body and waits for the answer."""
-    calls = 0
-
-    async def receive() -> Message:
-        nonlocal calls
-        calls += 1
-        if calls == 1:
-            return {"type": "http.request", "body": body, "more_body": False}
+        if after_body[min(calls - 2, len(after_body) - 1)] == "disconnect":
+            if pause:  # else no checkpoint: a server answers at once once the client is gone
+                await anyio.sleep(pause)
+            return {"type": "http.disconnect"}
         await anyio.Event().wait()
         raise AssertionError("unreachable")  # pragma: no cover
 
     return receive
+
+
+def client_gone_after_body(body: bytes = b"hello") -> Receive:
+    """The client sent its body and went away: every later receive() is http.disconnect."""
+    return client("disconnect", body=body)
+
+
+def client_stays(body: bytes = b"hello") -> Receive:
+    """The client sent its body and waits for the answer."""
+    return client("wait", body=body)
 
 
 class ClosesAfterResponse:

@@ -55,7 +55,7 @@ def run_fresh(
     )
 
 
-def report_of(result: subprocess.CompletedProcess[str]) -> dict[str, Any]:
+def only_json_line(result: subprocess.CompletedProcess[str]) -> dict[str, Any]:
     """The one JSON line the script printed; fails when anything else reached stdout."""
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()

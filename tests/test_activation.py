@@ -15,7 +15,7 @@ import pytest
 
 from demo.harness import clean_environment
 from tests.asgi import STARLETTE_AFFECTED, STARLETTE_HAS_ANYIO
-from tests.fresh import ROOT
+from tests.fresh import ROOT, only_json_line
 
 pytestmark = pytest.mark.skipif(not STARLETTE_HAS_ANYIO, reason="needs an anyio BaseHTTPMiddleware")
 
@@ -86,14 +86,6 @@ def run_in(
     )
 
 
-def only_line(result: subprocess.CompletedProcess[str]) -> dict[str, Any]:
-    assert result.returncode == 0, result.stderr
-    lines = result.stdout.splitlines()
-    assert len(lines) == 1, result.stdout  # nothing of ours on stdout
-    report: dict[str, Any] = json.loads(lines[0])
-    return report
-
-
 def expect_patched(
     report: dict[str, Any], patched: bool, *, forced: bool = False, after_response: bool = True
 ) -> None:
@@ -127,10 +119,12 @@ def expect_patched(
         ("bogus", "invalid"),
     ],
 )
-def test_the_variable_at_startup(wheel_python: Path, scenario: Path, value: str | None, kind: str) -> None:
+def test_each_value_of_the_variable_does_what_the_table_says(
+    wheel_python: Path, scenario: Path, value: str | None, kind: str
+) -> None:
     env = {} if value is None else {"STARLETTE_SHIELD_PATCH": value}
     result = run_in(wheel_python, scenario, env=env)
-    report = only_line(result)
+    report = only_json_line(result)
 
     arms = kind in ("on", "start-only", "force")
     expect_patched(report, arms, forced=kind == "force", after_response=kind != "start-only")
@@ -152,12 +146,14 @@ def test_the_kill_switch_beats_import_and_apply(wheel_python: Path, scenario: Pa
     code = "import starlette_shield_patch\nstarlette_shield_patch.apply(force=True)\n" + SCRIPT
     result = run_in(wheel_python, scenario, code, env={"STARLETTE_SHIELD_PATCH": "off"})
 
-    expect_patched(only_line(result), False)
+    expect_patched(only_json_line(result), False)
     assert "disabled by STARLETTE_SHIELD_PATCH=off" in result.stderr
 
 
 @pytest.mark.parametrize("order", ["shim-first", "shim-after", "twice"])
-def test_explicit_import_with_the_variable_on(wheel_python: Path, scenario: Path, order: str) -> None:
+def test_an_explicit_import_with_the_variable_on_patches_once(
+    wheel_python: Path, scenario: Path, order: str
+) -> None:
     imports = {
         "shim-first": "import starlette_shield_patch\nimport starlette.middleware.base\n",
         "shim-after": "import starlette.middleware.base\nimport starlette_shield_patch\n",
@@ -165,22 +161,22 @@ def test_explicit_import_with_the_variable_on(wheel_python: Path, scenario: Path
     }[order]
     on = {"STARLETTE_SHIELD_PATCH": "on"}
 
-    expect_patched(only_line(run_in(wheel_python, scenario, imports + SCRIPT, env=on)), True)
+    expect_patched(only_json_line(run_in(wheel_python, scenario, imports + SCRIPT, env=on)), True)
 
 
-def test_remove_after_startup_activation(wheel_python: Path, scenario: Path) -> None:
+def test_remove_undoes_startup_activation(wheel_python: Path, scenario: Path) -> None:
     code = (
         "import starlette.middleware.base\nimport starlette_shield_patch\nstarlette_shield_patch.remove()\n"
     )
     result = run_in(wheel_python, scenario, code + SCRIPT, env={"STARLETTE_SHIELD_PATCH": "1"})
 
-    expect_patched(only_line(result), False)
+    expect_patched(only_json_line(result), False)
 
 
-def test_sitecustomize_recipe(wheel_python: Path, scenario: Path, tmp_path: Path) -> None:
+def test_the_sitecustomize_recipe_patches(wheel_python: Path, scenario: Path, tmp_path: Path) -> None:
     (tmp_path / "sitecustomize.py").write_text("import starlette_shield_patch\n")
     result = run_in(wheel_python, scenario, env={"PYTHONPATH": f"{tmp_path}{os.pathsep}{scenario}"})
-    report = only_line(result)
+    report = only_json_line(result)
 
     expect_patched(report, True)
     assert report["at_startup"] == ["starlette_shield_patch"]
@@ -193,7 +189,7 @@ def test_a_broken_wrapt_never_stops_startup_nor_starlette(
     env = {"PYTHONPATH": f"{tmp_path}{os.pathsep}{scenario}", "STARLETTE_SHIELD_PATCH": "1"}
     result = run_in(wheel_python, scenario, env=env)
 
-    expect_patched(only_line(result), False)
+    expect_patched(only_json_line(result), False)
     assert "patching failed (ImportError: wrapt is broken here)" in result.stderr
 
 
@@ -206,15 +202,15 @@ def test_uninstall_removes_the_startup_hook(wheel: Path, scenario: Path, tmp_pat
     result = run_in(python, scenario, env={"STARLETTE_SHIELD_PATCH": "1"})
 
     assert not hooks[0].exists()
-    expect_patched(only_line(result), False)
+    expect_patched(only_json_line(result), False)
     assert result.stderr == ""
 
 
 def test_editable_install_has_the_startup_hook(scenario: Path, tmp_path: Path) -> None:
     python = make_venv(tmp_path / "venv", "--editable", str(ROOT))
 
-    expect_patched(only_line(run_in(python, scenario, env={"STARLETTE_SHIELD_PATCH": "1"})), True)
-    expect_patched(only_line(run_in(python, scenario)), False)
+    expect_patched(only_json_line(run_in(python, scenario, env={"STARLETTE_SHIELD_PATCH": "1"})), True)
+    expect_patched(only_json_line(run_in(python, scenario)), False)
 
 
 @pytest.mark.parametrize(
@@ -260,3 +256,14 @@ def test_doctor_text_names_each_line(wheel_python: Path, scenario: Path) -> None
         "the shim would", "without the shim", "with the shim", "shim status", "fixes in force", "self-test",
     ]  # fmt: skip
     assert version("starlette") in result.stdout
+
+
+def test_the_readme_table_says_what_each_value_does() -> None:
+    """The README's table of the variable is the one the code has (Value.meaning), row by row."""
+    import _starlette_shield_patch_startup as variable
+
+    readme = (ROOT / "README.md").read_text()
+    for value in variable.VALUES:
+        spellings = ", ".join(f"`{spelling}`" for spelling in value.spellings)
+        shown = {"unset": "unset or empty", "invalid": "anything else"}.get(value.kind, spellings)
+        assert f"\n| {shown} | {value.meaning} |\n" in readme, value.kind

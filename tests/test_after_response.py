@@ -19,13 +19,13 @@ from tests.asgi import (
     STARLETTE_AFFECTED,
     STARLETTE_HAS_ANYIO,
     ASGIApp,
-    Message,
     Outcome,
     Receive,
     Scope,
     Send,
     Work,
     answers_then_works,
+    client,
     client_gone_after_body,
     client_reads_then_closes,
     client_stays,
@@ -154,26 +154,9 @@ def test_is_disconnected_turns_true_when_the_client_leaves(shim: str, backend: s
     expect_bug_only_unpatched(outcome, shim)
 
 
-def says_disconnect_once() -> Receive:
-    """The client leaves and the server says http.disconnect once, as hypercorn does."""
-    calls = 0
-
-    async def receive() -> Message:
-        nonlocal calls
-        calls += 1
-        if calls == 1:
-            return {"type": "http.request", "body": b"", "more_body": False}
-        if calls == 2:
-            await anyio.sleep(0.1)
-            return {"type": "http.disconnect"}
-        await anyio.Event().wait()
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    return receive
-
-
 def test_an_endless_stream_stops_when_the_client_leaves(shim: str, backend: str) -> None:
-    """No new hang: the layers wait for their inner apps, whose receive then says disconnect."""
+    """No new hang: the layers wait for their inner apps, whose receive then says disconnect,
+    although the server says http.disconnect once (as hypercorn does)."""
 
     async def endless(scope: Scope, receive: Receive, send: Send) -> None:
         async def events() -> AsyncIterator[bytes]:
@@ -183,7 +166,11 @@ def test_an_endless_stream_stops_when_the_client_leaves(shim: str, backend: str)
 
         await StreamingResponse(events(), media_type="text/event-stream")(scope, receive, send)
 
-    outcome = run(stack(endless, pass_through, pass_through), says_disconnect_once(), backend=backend)
+    outcome = run(
+        stack(endless, pass_through, pass_through),
+        client("disconnect", "wait", body=b"", pause=0.1),
+        backend=backend,
+    )
 
     assert not outcome.timed_out and outcome.elapsed < 1.5, outcome.elapsed
     assert outcome.messages[:1] and outcome.messages[0]["type"] == "http.response.start"

@@ -1,4 +1,4 @@
-"""Acceptance 1 and 2: a client that leaves while the endpoint works, through BaseHTTPMiddleware."""
+"""A client that leaves while the endpoint works: "No response returned." unpatched, clean with the shim."""
 
 from __future__ import annotations
 
@@ -30,13 +30,15 @@ ENDPOINTS = {"plain": reads_body_then_answers, "streaming": reads_body_then_stre
 
 @pytest.mark.parametrize("layers", [2, 3], ids=["two-layers", "three-layers"])
 @pytest.mark.parametrize("endpoint", list(ENDPOINTS))
-def test_client_gone_while_endpoint_works(shim: str, backend: str, endpoint: str, layers: int) -> None:
+def test_a_client_gone_while_the_endpoint_works_breaks_only_unpatched(
+    shim: str, backend: str, endpoint: str, layers: int
+) -> None:
     app = stack(ENDPOINTS[endpoint](), *[pass_through] * layers)
 
     expect_bug_only_unpatched(run(app, client_gone_after_body(), backend=backend), shim)
 
 
-def test_one_layer_over_a_plain_response(shim: str, backend: str) -> None:
+def test_one_layer_over_a_plain_response_never_raises_with_the_shim(shim: str, backend: str) -> None:
     """Not the stacked bug, but its cousin on 0.15.0 and 0.16.0, which do not capture the inner
     app's errors: the endpoint's body send after the layer stopped reading raises
     BrokenResourceError out of the request (with early anyio 3). With the shim: never."""
@@ -52,7 +54,7 @@ def test_one_layer_over_a_plain_response(shim: str, backend: str) -> None:
         assert outcome.clean, outcome
 
 
-def test_one_layer_over_a_streaming_response(shim: str, backend: str) -> None:
+def test_one_layer_over_a_streaming_response_breaks_only_unpatched(shim: str, backend: str) -> None:
     # The endpoint's own StreamingResponse drops its start the same way: one layer is enough.
     app = stack(reads_body_then_streams(), pass_through)
 
@@ -73,7 +75,7 @@ def forwarding_middleware(app: ASGIApp) -> ASGIApp:
     return middleware
 
 
-def test_pure_asgi_middleware_between_two_layers(shim: str, backend: str) -> None:
+def test_pure_asgi_middleware_between_two_layers_breaks_only_unpatched(shim: str, backend: str) -> None:
     inner = stack(reads_body_then_answers(), pass_through)
     app = stack(forwarding_middleware(inner), pass_through)
 

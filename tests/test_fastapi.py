@@ -76,7 +76,7 @@ def test_fastapi_pins_an_affected_starlette() -> None:
     assert STARLETTE_AFFECTED, (fastapi.__version__, starlette.__version__)
 
 
-def test_client_gone_while_endpoint_works(shim: str, backend: str) -> None:
+def test_a_client_gone_while_the_endpoint_works_breaks_only_unpatched(shim: str, backend: str) -> None:
     outcome = run(build(), client_gone_after_body(), backend=backend, scope=http_scope(path="/items"))
 
     if shim == "unpatched":

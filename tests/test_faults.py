@@ -75,7 +75,7 @@ def summary(backend: str, case: str, gone: bool, applied: bool) -> tuple[list[st
 
 @pytest.mark.parametrize("client", ["stays", "leaves"])
 @pytest.mark.parametrize("case", list(CASES))
-def test_same_outcome_with_and_without(backend: str, case: str, client: str) -> None:
+def test_faults_end_the_same_with_and_without_the_shim(backend: str, case: str, client: str) -> None:
     gone = client == "leaves"
     unpatched = summary(backend, case, gone, applied=False)
     patched = summary(backend, case, gone, applied=True)

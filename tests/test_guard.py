@@ -58,7 +58,9 @@ def test_unreadable_versions_are_left_alone(version: str | None) -> None:
         ("0.15.0rc2", (0, 15, 0)),
     ],
 )
-def test_parse_release(version: str, release: tuple[int, int, int]) -> None:
+def test_the_release_segment_is_read_from_any_pep440_version(
+    version: str, release: tuple[int, int, int]
+) -> None:
     assert parse_release(version) == release
 
 

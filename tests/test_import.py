@@ -8,13 +8,13 @@ import pytest
 import starlette
 
 from tests.asgi import STARLETTE_AFFECTED, STARLETTE_HAS_ANYIO
-from tests.fresh import report_of, run_fresh
+from tests.fresh import only_json_line, run_fresh
 
 needs_anyio = pytest.mark.skipif(not STARLETTE_HAS_ANYIO, reason="needs an anyio BaseHTTPMiddleware")
 
 
 def test_importing_the_shim_imports_neither_starlette_nor_anyio() -> None:
-    report = report_of(run_fresh("import starlette_shield_patch\nreport()"))
+    report = only_json_line(run_fresh("import starlette_shield_patch\nreport()"))
 
     assert report["modules"] == []  # wrapt too waits for starlette
     assert report["armed"] and not report["patched"]
@@ -33,7 +33,7 @@ def test_importing_the_shim_imports_neither_starlette_nor_anyio() -> None:
     ],
     ids=["shim-first", "shim-after", "imported-twice", "applied-twice", "between-starlette-and-base"],
 )
-def test_import_order(order: str) -> None:
+def test_the_patch_lands_in_either_import_order(order: str) -> None:
     code = (
         order
         + """
@@ -45,7 +45,7 @@ while hasattr(call, "__wrapped__"):
 report(outcome=disconnect_outcome(), wrappers=depth)
 """
     )
-    report = report_of(run_fresh(code))
+    report = only_json_line(run_fresh(code))
 
     assert report["patched"] is STARLETTE_AFFECTED
     assert report["starlette_version"] == starlette.__version__
@@ -72,7 +72,7 @@ call = BaseHTTPMiddleware.__call__
 report(plain=type(call).__name__ == "function" and call.__qualname__ == "BaseHTTPMiddleware.__call__"
        and call.__module__ == "starlette.middleware.base")
 """
-    report = report_of(run_fresh(code))
+    report = only_json_line(run_fresh(code))
 
     assert report["plain"] is True
     assert not report["patched"]
@@ -116,7 +116,7 @@ import starlette.middleware.base
 report()
 """
     result = run_fresh(code, path=[fake_starlette(tmp_path, version, base_source)])
-    report = report_of(result)
+    report = only_json_line(result)
 
     assert not report["patched"]
     assert reason in report["reason"]

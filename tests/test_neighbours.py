@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tests.asgi import STARLETTE_AFFECTED
-from tests.fresh import report_of, run_fresh
+from tests.fresh import only_json_line, run_fresh
 
 pytestmark = [
     pytest.mark.neighbours,
@@ -78,7 +78,7 @@ SENTRY_ORDERS = {
 
 
 @pytest.mark.parametrize("order", list(SENTRY_ORDERS))
-def test_sentry(order: str) -> None:
+def test_sentry_still_captures_and_the_fix_holds_in_every_order(order: str) -> None:
     code = f"""
 {APP}
 {SENTRY}
@@ -95,7 +95,7 @@ report(fixed=fixed, boom=boom, captured=captured_before_remove, status_patched=s
        after_remove=outcome(app), removed_reason=removed.reason, removed_patched=removed.patched,
        spans=sorted(set(span.get("op", "") for event in captured for span in event.get("spans", []))))
 """
-    report = report_of(run_fresh(code))
+    report = only_json_line(run_fresh(code))
 
     assert report["status_patched"] is True
     assert report["fixed"] == "clean"
@@ -110,7 +110,7 @@ report(fixed=fixed, boom=boom, captured=captured_before_remove, status_patched=s
 
 
 @pytest.mark.parametrize("order", ["shim-first", "otel-first"])
-def test_opentelemetry(order: str) -> None:
+def test_opentelemetry_still_records_and_the_fix_holds_in_every_order(order: str) -> None:
     code = f"""
 {APP}
 from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
@@ -131,7 +131,7 @@ report(fixed=fixed, normal=normal, patched=starlette_shield_patch.status().patch
        servers=[(span.attributes.get("http.status_code") or span.attributes.get("http.response.status_code"))
                 for span in spans if span.kind.name == "SERVER"])
 """
-    report = report_of(run_fresh(code))
+    report = only_json_line(run_fresh(code))
 
     assert report["patched"] is True
     assert report["fixed"] == "clean"

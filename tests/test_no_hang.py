@@ -1,4 +1,4 @@
-"""Acceptance 3: a dispatch that gives up on call_next ends as soon as it does without the shim."""
+"""No new hang: a dispatch that gives up on call_next ends as soon as it does without the shim."""
 
 from __future__ import annotations
 
@@ -49,7 +49,9 @@ def gave_up_request(backend: str, layers: int) -> Outcome:
 
 
 @pytest.mark.parametrize("layers", [1, 2], ids=["one-layer", "two-layers"])
-def test_dispatch_gives_up_on_call_next(shim: str, backend: str, layers: int) -> None:
+def test_a_dispatch_that_gives_up_on_call_next_ends_when_unpatched_does(
+    shim: str, backend: str, layers: int
+) -> None:
     outcome = gave_up_request(backend, layers)
 
     assert outcome.clean, outcome

@@ -1,4 +1,4 @@
-"""Acceptance 4 and 6: everything but a disconnect behaves exactly as without the shim."""
+"""Ordinary requests and other scopes go through exactly as without the shim."""
 
 from __future__ import annotations
 

@@ -77,7 +77,7 @@ def test_clients_leave_mid_request(shim: str, server_name: str, case: str) -> No
     assert server.exit_code == 0 and server.stopped_in < 10, server.log
 
 
-def test_soak_short() -> None:
+def test_a_short_soak_logs_no_exception_and_leaves_nothing_in_flight() -> None:
     """The soak command, shortened: 300 requests, 50 at a time, a third of the clients leaving."""
     from demo.soak import soak
 
