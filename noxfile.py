@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import glob
 import os
+import sys
 from pathlib import Path
 
 import nox
 
+sys.path.insert(0, str(Path(__file__).parent))
+from tests import releases  # the release list, written once for nox and the tests
+
 nox.options.default_venv_backend = "uv"
 nox.options.error_on_external_run = True
 
-AFFECTED = [
-    "0.15.0", "0.16.0", "0.17.0", "0.17.1", "0.18.0", "0.19.0",
-    "0.19.1", "0.20.0", "0.20.1", "0.20.3", "0.20.4",
-]  # fmt: skip
-UNAFFECTED = ["0.14.2", "0.21.0", "newest"]
+AFFECTED = list(releases.AFFECTED)
+UNAFFECTED = [*releases.UNAFFECTED, "newest"]
 MAIN_PYTHON = "3.11"
 EDGE_PYTHONS = ["3.8", "3.13"]
 

@@ -19,16 +19,13 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response, StreamingResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from tests.releases import AFFECTED
+
 __all__ = ["ASGIApp", "Message", "Receive", "Scope", "Send"]
 
 CallNext = Callable[[Request], Awaitable[Response]]
 
-# The releases that have the bug, written here independently of the package's own guard.
-AFFECTED_RELEASES = (
-    "0.15.0", "0.16.0", "0.17.0", "0.17.1", "0.18.0", "0.19.0",
-    "0.19.1", "0.20.0", "0.20.1", "0.20.3", "0.20.4",
-)  # fmt: skip
-STARLETTE_AFFECTED = starlette.__version__ in AFFECTED_RELEASES
+STARLETTE_AFFECTED = starlette.__version__ in AFFECTED
 STARLETTE_RELEASE = tuple(int(part) for part in starlette.__version__.split(".")[:3])
 STARLETTE_HAS_ANYIO = STARLETTE_RELEASE >= (0, 15)
 # starlette#1609 (0.20.1): the layer's body ends at the inner app's last message, not when it returns.

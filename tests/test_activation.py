@@ -59,8 +59,12 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def scenario(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder with tests/asgi.py as scenario.py, and the release list it reads."""
     folder = tmp_path_factory.mktemp("scenario")
     shutil.copy(ROOT / "tests" / "asgi.py", folder / "scenario.py")
+    (folder / "tests").mkdir()
+    (folder / "tests" / "__init__.py").touch()
+    shutil.copy(ROOT / "tests" / "releases.py", folder / "tests" / "releases.py")
     return folder
 
 

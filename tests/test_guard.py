@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 
 from starlette_shield_patch._guard import affected, parse_release
-from tests.asgi import AFFECTED_RELEASES
+from tests.releases import AFFECTED
 
 
-@pytest.mark.parametrize("version", AFFECTED_RELEASES)
+@pytest.mark.parametrize("version", AFFECTED)
 def test_every_affected_release_is_patched(version: str) -> None:
     verdict = affected(version)
     assert verdict.affected
@@ -64,6 +64,6 @@ def test_the_release_segment_is_read_from_any_pep440_version(
     assert parse_release(version) == release
 
 
-@pytest.mark.parametrize("version", AFFECTED_RELEASES)
+@pytest.mark.parametrize("version", AFFECTED)
 def test_which_releases_capture_the_inner_apps_errors(version: str) -> None:
     assert affected(version).captures_inner_errors is (version not in ("0.15.0", "0.16.0"))

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import starlette
 
+from demo.harness import clean_environment
 from tests.asgi import STARLETTE_AFFECTED, STARLETTE_HAS_ANYIO
-from tests.fresh import only_json_line, run_fresh
+from tests.fresh import ROOT, only_json_line, run_fresh
 
 needs_anyio = pytest.mark.skipif(not STARLETTE_HAS_ANYIO, reason="needs an anyio BaseHTTPMiddleware")
 
@@ -19,6 +22,28 @@ def test_importing_the_shim_imports_neither_starlette_nor_anyio() -> None:
     assert report["modules"] == []  # wrapt too waits for starlette
     assert report["armed"] and not report["patched"]
     assert "waiting for starlette.middleware.base" in report["reason"]
+
+
+def test_importing_the_shim_loads_nothing_beyond_itself() -> None:
+    """No module outside the package that the interpreter had not loaded already: the import is
+    what a sitecustomize or the startup hook pays, so no typing, threading, logging, dataclasses."""
+    code = (
+        "import sys; before = set(sys.modules); import starlette_shield_patch; "
+        "print(' '.join(sorted(set(sys.modules) - before)))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        env=clean_environment({"PYTHONPATH": str(ROOT)}),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [
+        "_starlette_shield_patch_startup", "starlette_shield_patch", "starlette_shield_patch._patch",
+    ]  # fmt: skip
 
 
 @needs_anyio
