@@ -56,6 +56,7 @@ ARMS_AT_STARTUP = ("on", "start-only", "force")
 IMPORT = "import starlette_shield_patch"  # the activation that the variable may take over
 
 running = False  # True while the startup hook imports the package
+_started = False  # the hook ran: site.py may process a venv's .pth files twice (seen on 3.11)
 _warned = False  # the warning about an unknown value is said once per process
 
 
@@ -127,7 +128,10 @@ def decide(*, force: bool, after_response: bool, via: str) -> Activation:
 
 def startup() -> None:
     """Arm the patch for this process when the variable asks for it; never raise."""
-    global running
+    global running, _started
+    if _started:
+        return
+    _started = True
     try:
         switch = read_switch()
         warn_if_invalid(switch)

@@ -18,6 +18,9 @@ nox.options.error_on_external_run = True
 AFFECTED = list(releases.AFFECTED)
 UNAFFECTED = [*releases.UNAFFECTED, "newest"]
 MAIN_PYTHON = "3.11"
+ROOT = Path(__file__).parent
+# Every session's coverage data, combined by the last session, `coverage`.
+COVERAGE_DATA = ROOT / ".coverage-data"
 EDGE_PYTHONS = ["3.8", "3.13"]
 
 
@@ -30,6 +33,22 @@ def _pyenv_interpreters_on_path() -> None:
 
 
 _pyenv_interpreters_on_path()
+
+
+def pytest(session: nox.Session, *arguments: str) -> None:
+    """pytest under coverage, in this process and in every Python process it starts from this venv
+    (fresh interpreters, servers): a .pth in the venv starts coverage where COVERAGE_PROCESS_START
+    says so."""
+    session.install("coverage[toml]")
+    purelib = "import sysconfig; print(sysconfig.get_paths()['purelib'])"
+    site_packages = str(session.run("python", "-c", purelib, silent=True)).strip()
+    Path(site_packages, "coverage_subprocess.pth").write_text("import coverage; coverage.process_startup()\n")
+    COVERAGE_DATA.mkdir(exist_ok=True)
+    env = {
+        "COVERAGE_PROCESS_START": str(ROOT / "pyproject.toml"),
+        "COVERAGE_FILE": str(COVERAGE_DATA / ".coverage"),
+    }
+    session.run("python", "-m", "coverage", "run", "-m", "pytest", *arguments, *session.posargs, env=env)
 
 
 def anyio_requirements(starlette: str, which: str) -> list[str]:
@@ -67,7 +86,7 @@ def tests(session: nox.Session, starlette: str, anyio: str) -> None:
     """The test suite on one Python, one starlette release, one end of its anyio range."""
     pin = "starlette" if starlette == "newest" else f"starlette=={starlette}"
     session.install(".", pin, *anyio_requirements(starlette, anyio), "pytest", "uv")
-    session.run("python", "-m", "pytest", "-m", "not (servers or fastapi or neighbours)", *session.posargs)
+    pytest(session, "-m", "not (servers or fastapi or neighbours)")
 
 
 @nox.session(python=MAIN_PYTHON)
@@ -78,7 +97,7 @@ def servers(session: nox.Session, starlette: str) -> None:
     # hypercorn >= 0.15 needs trio >= 0.22, which anyio 3 does not run on.
     hypercorn = "hypercorn[trio]<0.15" if "trio<0.22" in anyio else "hypercorn[trio]"
     session.install(".", f"starlette=={starlette}", *anyio, "uvicorn", "uvloop", hypercorn, "pytest")
-    session.run("python", "-m", "pytest", "-m", "servers", *session.posargs)
+    pytest(session, "-m", "servers")
 
 
 # FastAPI releases as pinned in the wild, and the starlette each one pins.
@@ -92,7 +111,7 @@ def fastapi(session: nox.Session, fastapi: str) -> None:
     starlette = FASTAPI[fastapi]
     pins = [f"fastapi=={fastapi}", f"starlette=={starlette}", *anyio_requirements(starlette, "newest")]
     session.install(".", *pins, "pytest")
-    session.run("python", "-m", "pytest", "-m", "fastapi", *session.posargs)
+    pytest(session, "-m", "fastapi")
 
 
 @nox.session(python=MAIN_PYTHON)
@@ -100,7 +119,7 @@ def neighbours(session: nox.Session) -> None:
     """sentry-sdk's Starlette integration and OpenTelemetry's ASGI middleware next to the shim."""
     neighbours = ["sentry-sdk", "opentelemetry-sdk", "opentelemetry-instrumentation-asgi"]
     session.install(".", f"starlette=={AFFECTED[-1]}", "anyio[trio]<5", *neighbours, "pytest")
-    session.run("python", "-m", "pytest", "-m", "neighbours", *session.posargs)
+    pytest(session, "-m", "neighbours")
 
 
 @nox.session(python=MAIN_PYTHON)
@@ -121,3 +140,11 @@ def lint(session: nox.Session) -> None:
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
     session.run("mypy")
+
+
+@nox.session(python=MAIN_PYTHON)
+def coverage(session: nox.Session) -> None:
+    """Branch coverage of the package over every session before this one, combined: 100% or fail."""
+    session.install("coverage[toml]")
+    session.run("python", "-m", "coverage", "combine", "--keep", str(COVERAGE_DATA))
+    session.run("python", "-m", "coverage", "report")

@@ -26,10 +26,7 @@ def installed(distribution: str) -> str | None:
 
 
 def startup_hook() -> str | None:
-    folders = (
-        [*site.getsitepackages(), site.getusersitepackages()] if hasattr(site, "getsitepackages") else []
-    )
-    for folder in folders:
+    for folder in [*site.getsitepackages(), site.getusersitepackages()]:
         path = os.path.join(folder, "starlette_shield_patch.pth")
         if os.path.exists(path):
             return path

@@ -93,8 +93,6 @@ class _Lifecycle:
             self._enter(
                 "waiting for starlette", f"armed by {via}: waiting for {TARGET_MODULE} to be imported"
             )
-            if self.hook_registered:
-                return
             if "starlette" not in sys.modules:
                 # wrapt costs tens of milliseconds to import (wrapt 2 pulls in asyncio): leave it
                 # until starlette, which costs more, is imported.
@@ -297,11 +295,9 @@ def _reaches(layer: object, wrapper: object, depth: int) -> bool:
     # (a bound FunctionWrapper), or a closure cell (sentry-sdk keeps `old_call` in one).
     if layer is wrapper or getattr(layer, "_self_parent", None) is wrapper:
         return True
-    if depth == 0 or layer is None:
-        return False
     below = [getattr(layer, "__wrapped__", None)]
     below += [cell.cell_contents for cell in getattr(layer, "__closure__", None) or () if _filled(cell)]
-    return any(callable(inner) and _reaches(inner, wrapper, depth - 1) for inner in below)
+    return depth > 0 and any(callable(inner) and _reaches(inner, wrapper, depth - 1) for inner in below)
 
 
 def _filled(cell: Any) -> bool:

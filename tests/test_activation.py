@@ -46,7 +46,14 @@ def make_venv(where: Path, *install: str) -> Path:
     uv("venv", "--quiet", "--python", sys.executable, str(where))
     python = where / "bin" / "python"
     pins = [f"starlette=={version('starlette')}", f"anyio=={version('anyio')}"]
-    uv("pip", "install", "--quiet", "--python", str(python), *install, *pins)
+    measured = ["coverage[toml]"] if "COVERAGE_PROCESS_START" in os.environ else []
+    uv("pip", "install", "--quiet", "--python", str(python), *install, *pins, *measured)
+    if measured:  # the session measures coverage: so does every process of this venv (noxfile.py)
+        purelib = "import sysconfig; print(sysconfig.get_paths()['purelib'])"
+        site_packages = subprocess.run([str(python), "-c", purelib], capture_output=True, text=True).stdout
+        Path(site_packages.strip(), "coverage_subprocess.pth").write_text(
+            "import coverage; coverage.process_startup()\n"
+        )
     return python
 
 
@@ -271,3 +278,16 @@ def test_the_readme_table_says_what_each_value_does() -> None:
         spellings = ", ".join(f"`{spelling}`" for spelling in value.spellings)
         shown = {"unset": "unset or empty", "invalid": "anything else"}.get(value.kind, spellings)
         assert f"\n| {shown} | {value.meaning} |\n" in readme, value.kind
+
+
+def test_a_broken_install_never_stops_startup(wheel_python: Path, scenario: Path, tmp_path: Path) -> None:
+    """The startup hook imports the package; if that import fails, one line on stderr, no patch."""
+    broken = tmp_path / "starlette_shield_patch"
+    broken.mkdir()
+    (broken / "__init__.py").write_text("raise ImportError('a half-installed package')\n")
+    env = {"PYTHONPATH": f"{tmp_path}{os.pathsep}{scenario}", "STARLETTE_SHIELD_PATCH": "1"}
+
+    result = run_in(wheel_python, scenario, env=env)
+
+    expect_patched(only_json_line(result), False)
+    assert result.stderr.count("startup hook failed, nothing patched") == 1, result.stderr

@@ -194,6 +194,29 @@ def wrapped_before_the_shim() -> Iterator[None]:
         BaseHTTPMiddleware.__call__ = original  # type: ignore[method-assign]
 
 
+async def replaces_the_response(request: Request, call_next: Any) -> Any:
+    await call_next(request)
+    return PlainTextResponse("replaced by the dispatch", status_code=203)
+
+
+def test_a_replaced_endless_stream_stops_while_the_client_stays(shim: str, backend: str) -> None:
+    """No new hang: the endpoint, left to finish, is told http.disconnect in the receive() it
+    is waiting in (its StreamingResponse's), and stops."""
+
+    async def endless(scope: Scope, receive: Receive, send: Send) -> None:
+        async def events() -> AsyncIterator[bytes]:
+            while True:
+                yield b"data: tick\n\n"
+                await anyio.sleep(0.01)
+
+        await StreamingResponse(events())(scope, receive, send)
+
+    outcome = run(stack(endless, replaces_the_response), client_stays(), backend=backend)
+
+    assert outcome.clean and outcome.elapsed < 1.5, outcome
+    assert outcome.messages[0]["status"] == 203
+
+
 @only_affected
 @pytest.mark.parametrize("after_response", [True, False], ids=["both-fixes", "start-only"])
 def test_both_fixes_under_a_wrapper_installed_before_the_shim(backend: str, after_response: bool) -> None:

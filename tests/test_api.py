@@ -15,6 +15,7 @@ from conftest import shim_state
 from tests.asgi import (
     STARLETTE_AFFECTED,
     client_gone_after_body,
+    client_stays,
     pass_through,
     reads_body_then_answers,
     run,
@@ -64,6 +65,10 @@ def test_status_names_the_version_and_why(original: Any) -> None:
     starlette_shield_patch.apply()
     status = starlette_shield_patch.status()
 
+    assert repr(status) == (
+        f"ShieldStatus(patched=True, reason={status.reason!r}, starlette_version={starlette.__version__!r}, "
+        "armed=True, fixes=('response-start', 'after-response'))"
+    )
     assert status.patched and status.armed
     assert status.starlette_version == starlette.__version__
     assert f"starlette {starlette.__version__} is affected" in status.reason
@@ -82,15 +87,51 @@ def test_unaffected_release_is_left_alone(original: Any) -> None:
 
 
 @only_unaffected
-def test_force_applies_outside_the_range(original: Any, caplog: pytest.LogCaptureFixture) -> None:
-    starlette_shield_patch.apply(force=True)
+@pytest.mark.parametrize("after_response", [True, False], ids=["both-fixes", "start-only"])
+def test_force_applies_outside_the_range(
+    original: Any, caplog: pytest.LogCaptureFixture, after_response: bool
+) -> None:
+    starlette_shield_patch.apply(force=True, after_response=after_response)
     status = starlette_shield_patch.status()
 
     assert status.patched and "force=True" in status.reason
     assert installed().__wrapped__ is original
     assert any(record.levelname == "WARNING" for record in caplog.records)
+    # Its call_next is not the stream of 0.15 - 0.20: the inner app gets starlette's own send.
+    outcome = run(stack(reads_body_then_answers(), pass_through), client_stays(), backend="asyncio")
+    assert outcome.clean and outcome.messages[-1].get("body") in (b"done", b"")
     starlette_shield_patch.remove()
     assert installed() is original
+
+
+@only_affected
+def test_the_stand_in_self_lends_every_other_attribute_of_the_middleware(original: Any) -> None:
+    """A forced or unknown release may read more of `self` than dispatch_func and app."""
+    from starlette_shield_patch import _shield
+
+    middleware = BaseHTTPMiddleware(reads_body_then_answers(), dispatch=pass_through)
+    for after_response in (True, False):
+        stand_in = _shield.stand_in_for(True, after_response, captures_inner_errors=True)(middleware)
+        assert stand_in.dispatch == middleware.dispatch
+
+
+@only_affected
+def test_remove_and_apply_never_raise(original: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A failure inside the shim is logged and leaves starlette unpatched; the caller never sees it."""
+    from starlette_shield_patch import _patch
+
+    def broken(**_: Any) -> None:
+        raise RuntimeError("broken inside the shim")
+
+    monkeypatch.setattr(_patch, "decide", broken)
+    starlette_shield_patch.apply()
+    assert "patching failed (RuntimeError: broken inside the shim)" in starlette_shield_patch.status().reason
+    monkeypatch.undo()
+
+    starlette_shield_patch.apply()
+    monkeypatch.setattr(_patch._WhenStarletteIsImported, "drop", broken)
+    starlette_shield_patch.remove()
+    assert "patching failed (RuntimeError" in starlette_shield_patch.status().reason
 
 
 @only_affected
@@ -143,6 +184,29 @@ def test_remove_under_someone_elses_wrapper_keeps_theirs(original: Any) -> None:
         assert starlette_shield_patch.status().patched
         assert run(app, client_gone_after_body(), backend="asyncio").clean
         assert calls and set(calls) == {"http"}
+    finally:
+        BaseHTTPMiddleware.__call__ = original  # type: ignore[method-assign]
+        starlette_shield_patch.remove()
+
+
+@only_affected
+def test_status_reads_past_a_wrapper_with_an_empty_closure_cell(original: Any) -> None:
+    starlette_shield_patch.apply()
+    below = installed()
+
+    def wrap() -> Any:
+        later: str  # assigned after the wrapper is made: an empty cell in its closure
+
+        async def theirs(self: Any, scope: Any, receive: Any, send: Any) -> None:
+            await below(self, scope, receive, send)
+            print(later)  # pragma: no cover  # never called
+
+        return theirs
+        later = "never"
+
+    BaseHTTPMiddleware.__call__ = wrap()  # type: ignore[method-assign]
+    try:
+        assert starlette_shield_patch.status().patched
     finally:
         BaseHTTPMiddleware.__call__ = original  # type: ignore[method-assign]
         starlette_shield_patch.remove()

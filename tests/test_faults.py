@@ -12,7 +12,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 
 import starlette_shield_patch
-from conftest import shim_state
+from conftest import shim_named, shim_state
 from tests.asgi import (
     STARLETTE_HAS_ANYIO,
     CallNext,
@@ -50,17 +50,24 @@ async def endpoint_raises(scope: Scope, receive: Receive, send: Send) -> None:
     raise KeyError("from the endpoint")
 
 
+async def endpoint_raises_broken_resource(scope: Scope, receive: Receive, send: Send) -> None:
+    """A BrokenResourceError of the endpoint's own, not from a send to a layer that stopped reading."""
+    await Request(scope, receive).body()
+    raise anyio.BrokenResourceError
+
+
 CASES: dict[str, Any] = {
     "dispatch-raises": (reads_body_then_answers(), raises),
     "dispatch-never-calls-call-next": (reads_body_then_answers(), never_calls_call_next),
     "dispatch-returns-its-own-response": (reads_body_then_answers(), answers_after_call_next),
     "endpoint-raises": (endpoint_raises, pass_through),
+    "endpoint-raises-broken-resource": (endpoint_raises_broken_resource, pass_through),
 }
 
 
-def summary(backend: str, case: str, gone: bool, applied: bool) -> tuple[list[str], list[Message]]:
+def summary(backend: str, case: str, gone: bool, shim: str) -> tuple[list[str], list[Message]]:
     endpoint, dispatch = CASES[case]
-    with shim_state(applied):
+    with shim_named(shim):
         outcome = run(
             stack(endpoint, dispatch, dispatch),
             client_gone_after_body() if gone else client_stays(),
@@ -73,12 +80,15 @@ def summary(backend: str, case: str, gone: bool, applied: bool) -> tuple[list[st
     return sorted({type(error).__name__ for error in outcome.errors()}), outcome.messages
 
 
+@pytest.mark.parametrize("fixes", ["patched", "start-only"])
 @pytest.mark.parametrize("client", ["stays", "leaves"])
 @pytest.mark.parametrize("case", list(CASES))
-def test_faults_end_the_same_with_and_without_the_shim(backend: str, case: str, client: str) -> None:
+def test_faults_end_the_same_with_and_without_the_shim(
+    backend: str, case: str, client: str, fixes: str
+) -> None:
     gone = client == "leaves"
-    unpatched = summary(backend, case, gone, applied=False)
-    patched = summary(backend, case, gone, applied=True)
+    unpatched = summary(backend, case, gone, "unpatched")
+    patched = summary(backend, case, gone, fixes)
 
     assert patched == unpatched
 

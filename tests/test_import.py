@@ -55,8 +55,17 @@ def test_importing_the_shim_loads_nothing_beyond_itself() -> None:
         "import starlette_shield_patch\nimport starlette.middleware.base\nimport starlette_shield_patch",
         "import starlette_shield_patch\nimport starlette.middleware.base\nstarlette_shield_patch.apply()",
         "import starlette\nimport starlette_shield_patch\nimport starlette.middleware.base",
+        "import starlette_shield_patch\nimport starlette\nstarlette_shield_patch.remove()\n"
+        "starlette_shield_patch.apply()\nimport starlette.middleware.base",
     ],
-    ids=["shim-first", "shim-after", "imported-twice", "applied-twice", "between-starlette-and-base"],
+    ids=[
+        "shim-first",
+        "shim-after",
+        "imported-twice",
+        "applied-twice",
+        "between-starlette-and-base",
+        "removed-and-applied-before-base",
+    ],
 )
 def test_the_patch_lands_in_either_import_order(order: str) -> None:
     code = (
@@ -76,6 +85,21 @@ report(outcome=disconnect_outcome(), wrappers=depth)
     assert report["starlette_version"] == starlette.__version__
     assert report["wrappers"] == (1 if STARLETTE_AFFECTED else 0)
     assert report["outcome"] == "clean"
+
+
+@needs_anyio
+def test_remove_before_starlette_loads_its_middleware_leaves_it_alone() -> None:
+    """The wrapt hook registered as starlette began to load finds the shim removed."""
+    code = """
+import starlette_shield_patch
+import starlette
+starlette_shield_patch.remove()
+import starlette.middleware.base
+report(wrapped=type(starlette.middleware.base.BaseHTTPMiddleware.__dict__["__call__"]).__name__ != "function")
+"""
+    report = only_json_line(run_fresh(code))
+
+    assert not report["patched"] and not report["wrapped"] and not report["armed"]
 
 
 @needs_anyio

@@ -79,3 +79,20 @@ def test_an_unconditional_shield_would_hang(backend: str, monkeypatch: pytest.Mo
         outcome = gave_up_request(backend, layers=2)
 
     assert outcome.elapsed >= ENDPOINT_ANSWERS_AFTER + SHIELD_GIVES_UP > DISPATCH_ANSWERS_AFTER + SLACK
+
+
+async def answers_at_once(request: Request, call_next: CallNext) -> Response:
+    with anyio.move_on_after(GIVE_UP_AFTER):
+        return await call_next(request)
+    return PlainTextResponse("gave up", status_code=504)
+
+
+def test_an_endpoint_that_never_started_its_response_is_not_waited_for(shim: str, backend: str) -> None:
+    """The dispatch answers before the endpoint starts its response: the request ends with the
+    dispatch's answer, not when the endpoint would have answered (0.21.0 waits for it)."""
+    app = stack(reads_body_then_answers(work=1.0), answers_at_once)
+
+    outcome = run(app, client_stays(), backend=backend)
+
+    assert outcome.clean and outcome.messages[0]["status"] == 504
+    assert outcome.elapsed < 0.5, outcome.elapsed

@@ -1,0 +1,76 @@
+"""What `python -m starlette_shield_patch` says in the cases the fresh venvs do not make."""
+
+from __future__ import annotations
+
+import json
+import site
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from starlette_shield_patch import __main__ as doctor
+from starlette_shield_patch import _selftest
+from tests.asgi import STARLETTE_AFFECTED, STARLETTE_HAS_ANYIO
+
+
+def test_a_distribution_that_is_not_installed_has_no_version() -> None:
+    assert doctor.installed("no-such-distribution-anywhere") is None
+
+
+def test_no_startup_hook_where_none_is_installed(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(site, "getsitepackages", lambda: [str(tmp_path / "a")])
+    monkeypatch.setattr(site, "getusersitepackages", lambda: str(tmp_path / "b"))
+
+    assert doctor.startup_hook() is None
+
+
+@pytest.mark.parametrize(
+    ("starlette", "variable", "hook", "would"),
+    [
+        (None, "1", True, "nothing: starlette is not installed"),
+        ("0.20.4", "1", False, "nothing at startup (no startup hook installed)"),
+        (
+            "0.20.4",
+            "start-only",
+            True,
+            "in every process, when the app imports starlette, with the fixes: response-start",
+        ),
+        ("0.21.0", "", True, "nothing: starlette 0.21.0 already has the upstream fix"),
+        ("0.21.0", "force", True, "with the fixes: response-start, after-response"),
+    ],
+    ids=["no-starlette", "no-hook", "start-only", "unaffected", "forced"],
+)
+def test_the_doctor_says_what_the_shim_would_do(
+    monkeypatch: pytest.MonkeyPatch, starlette: str | None, variable: str, hook: bool, would: str
+) -> None:
+    monkeypatch.setattr(doctor, "installed", lambda name: starlette if name == "starlette" else "1.0")
+    monkeypatch.setattr(
+        doctor, "startup_hook", lambda: "/site-packages/starlette_shield_patch.pth" if hook else None
+    )
+    monkeypatch.setenv("STARLETTE_SHIELD_PATCH", variable)
+
+    assert would in doctor.diagnose()["would_do"]
+
+
+def test_without_a_self_test_it_reports_and_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
+    assert doctor.main([]) == 0
+    text = capsys.readouterr().out
+    assert doctor.main(["--json"]) == 0
+    report: dict[str, Any] = json.loads(capsys.readouterr().out)
+
+    assert text.splitlines()[-1].startswith("the shim would")
+    assert "self_test" not in report and report["affected"] is (
+        STARLETTE_AFFECTED or None if not STARLETTE_HAS_ANYIO else STARLETTE_AFFECTED
+    )
+
+
+@pytest.mark.skipif(not STARLETTE_HAS_ANYIO, reason="needs an anyio BaseHTTPMiddleware")
+def test_the_self_test_names_an_unexpected_error() -> None:
+    async def endpoint(scope: Any, receive: Any, send: Any) -> None:
+        raise KeyError("not the bug")
+
+    def client(calls: int, response_over: bool) -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    assert _selftest._request(endpoint, layers=1, client=client) == "KeyError"
