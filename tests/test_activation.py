@@ -17,7 +17,10 @@ from demo.harness import clean_environment
 from tests.asgi import STARLETTE_AFFECTED, STARLETTE_HAS_ANYIO
 from tests.fresh import ROOT, only_json_line
 
-pytestmark = pytest.mark.skipif(not STARLETTE_HAS_ANYIO, reason="needs an anyio BaseHTTPMiddleware")
+pytestmark = [
+    pytest.mark.venvs,
+    pytest.mark.skipif(not STARLETTE_HAS_ANYIO, reason="needs an anyio BaseHTTPMiddleware"),
+]
 
 # Never imports starlette_shield_patch: whatever patches, patches without a code change.
 SCRIPT = """
