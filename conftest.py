@@ -9,6 +9,14 @@ import pytest
 
 import starlette_shield_patch
 
+try:
+    # pytest rewrites anyio's modules (anyio is a pytest plugin), and on CPython 3.11.7 the
+    # rewriter's ast.parse of the trio backend can fail when it is first imported inside a test
+    # ("AST constructor recursion depth mismatch"): import it here, once.
+    import anyio._backends._trio  # noqa: F401
+except Exception:  # no trio here, or one that does not import on this Python
+    pass
+
 ANYIO_MAJOR = int(version("anyio").split(".")[0])
 
 

@@ -15,7 +15,8 @@ from tests import releases  # the release list, written once for nox and the tes
 nox.options.default_venv_backend = "uv"
 nox.options.error_on_external_run = True
 
-AFFECTED = list(releases.AFFECTED)
+CANCELLING = list(releases.CANCELLING)  # 0.15 - 0.20: every release
+FOUR_LAYERS = [releases.FOUR_LAYERS[0], releases.FOUR_LAYERS[-1]]  # 0.28 - 0.38.2: the first and the last
 UNAFFECTED = [*releases.UNAFFECTED, "newest"]
 MAIN_PYTHON = "3.11"
 ROOT = Path(__file__).parent
@@ -64,13 +65,11 @@ def anyio_requirements(starlette: str, which: str) -> list[str]:
 
 
 def matrix() -> list[tuple[str, str, str]]:
-    rows = [(MAIN_PYTHON, release, which) for release in AFFECTED for which in ("oldest", "newest")]
-    rows += [
-        (python, release, which)
-        for python in EDGE_PYTHONS
-        for release in (AFFECTED[0], AFFECTED[-1])
-        for which in ("oldest", "newest")
-    ]
+    both = ("oldest", "newest")
+    rows = [(MAIN_PYTHON, release, which) for release in CANCELLING for which in both]
+    edges = [CANCELLING[0], CANCELLING[-1], *FOUR_LAYERS]
+    rows += [(python, release, which) for python in EDGE_PYTHONS for release in edges for which in both]
+    rows += [(MAIN_PYTHON, release, which) for release in FOUR_LAYERS for which in both]
     rows += [(MAIN_PYTHON, release, "newest") for release in UNAFFECTED]
     rows += [(EDGE_PYTHONS[-1], "newest", "newest")]
     return rows
@@ -88,12 +87,13 @@ def tests(session: nox.Session, starlette: str, anyio: str) -> None:
     session.install(".", pin, *anyio_requirements(starlette, anyio), "pytest", "uv")
     # Activation from the wheel does not change from one release to the next: its venvs are
     # built on the first and last affected release and on the unaffected ones.
-    venvs = starlette in (AFFECTED[0], AFFECTED[-1], *UNAFFECTED)
+    full = (CANCELLING[0], CANCELLING[-1], FOUR_LAYERS[-1], *UNAFFECTED)
+    venvs = session.python == MAIN_PYTHON and starlette in full
     pytest(session, "-m", "not (servers or fastapi or neighbours" + ("" if venvs else " or venvs") + ")")
 
 
 @nox.session(python=MAIN_PYTHON)
-@nox.parametrize("starlette", [AFFECTED[0], AFFECTED[-1]])
+@nox.parametrize("starlette", [CANCELLING[0], CANCELLING[-1], "0.37.2"])
 def servers(session: nox.Session, starlette: str) -> None:
     """Real servers and clients: uvicorn (asyncio, uvloop), hypercorn (trio), with and without."""
     anyio = anyio_requirements(starlette, "newest")
@@ -103,25 +103,33 @@ def servers(session: nox.Session, starlette: str) -> None:
     pytest(session, "-m", "servers")
 
 
-# FastAPI releases as pinned in the wild, and the starlette each one pins.
-FASTAPI = {"0.69.0": "0.15.0", "0.75.2": "0.17.1", "0.79.1": "0.19.1", "0.85.2": "0.20.4"}
+# FastAPI releases as pinned in the wild, and the starlette each one pins; from 0.108.0 on FastAPI
+# asks for a range, and the resolver picks its newest (0.32.0.post1, 0.36.3, 0.37.2, 0.37.2).
+FASTAPI = {
+    "0.69.0": "0.15.0", "0.75.2": "0.17.1", "0.79.1": "0.19.1", "0.85.2": "0.20.4",
+    "0.108.0": "", "0.109.2": "", "0.110.3": "", "0.112.0": "",
+}  # fmt: skip
 
 
 @nox.session(python=MAIN_PYTHON)
 @nox.parametrize("fastapi", list(FASTAPI))
 def fastapi(session: nox.Session, fastapi: str) -> None:
-    """FastAPI apps with two @app.middleware("http") functions, on the FastAPI that pinned it."""
+    """FastAPI apps with @app.middleware("http") functions, on the starlette that FastAPI pins."""
     starlette = FASTAPI[fastapi]
-    pins = [f"fastapi=={fastapi}", f"starlette=={starlette}", *anyio_requirements(starlette, "newest")]
+    if starlette:
+        pins = [f"fastapi=={fastapi}", f"starlette=={starlette}", *anyio_requirements(starlette, "newest")]
+    else:
+        pins = [f"fastapi=={fastapi}", "anyio[trio]"]
     session.install(".", *pins, "pytest")
     pytest(session, "-m", "fastapi")
 
 
 @nox.session(python=MAIN_PYTHON)
-def neighbours(session: nox.Session) -> None:
+@nox.parametrize("starlette", [CANCELLING[-1], "0.37.2"])
+def neighbours(session: nox.Session, starlette: str) -> None:
     """sentry-sdk's Starlette integration and OpenTelemetry's ASGI middleware next to the shim."""
     neighbours = ["sentry-sdk", "opentelemetry-sdk", "opentelemetry-instrumentation-asgi"]
-    session.install(".", f"starlette=={AFFECTED[-1]}", "anyio[trio]<5", *neighbours, "pytest")
+    session.install(".", f"starlette=={starlette}", "anyio[trio]<5", *neighbours, "pytest")
     pytest(session, "-m", "neighbours")
 
 

@@ -1,6 +1,6 @@
-"""The app that the demo, the soak command and the integration tests serve: two
-BaseHTTPMiddleware layers over a slow endpoint, a streaming one and one whose response carries a
-background task, as in the bug reports."""
+"""The app that the demo, the soak command and the integration tests serve: BaseHTTPMiddleware
+layers (two, or DEMO_LAYERS) over a slow endpoint, a streaming one and one whose response carries
+a background task, as in the bug reports."""
 
 from __future__ import annotations
 
@@ -29,6 +29,7 @@ if os.environ.get("DEMO_DUMP"):
 
 in_flight = 0  # requests that entered the app and have not left it
 finished_work = 0  # background tasks that ran to their end
+LAYERS = int(os.environ.get("DEMO_LAYERS", "2"))  # BaseHTTPMiddleware layers; 0.28 - 0.38.2 need 4
 
 
 async def pass_through(request: Request, call_next: RequestResponseEndpoint) -> Response:
@@ -83,6 +84,12 @@ async def background(request: Request) -> Response:
     return PlainTextResponse("done", background=task)
 
 
+async def hello(request: Request) -> Response:
+    """A GET that reads no body and works briefly (3 ms by default)."""
+    await anyio.sleep(float(request.query_params.get("work", "0.003")))
+    return PlainTextResponse("hello")
+
+
 async def stats(request: Request) -> Response:
     return PlainTextResponse(f"{in_flight - 1}")  # this request itself does not count
 
@@ -96,10 +103,11 @@ starlette_app = Starlette(
         Route("/slow", slow, methods=["POST"]),
         Route("/stream", stream, methods=["POST"]),
         Route("/background", background),
+        Route("/hello", hello),
         Route("/stats", stats),
         Route("/finished", finished),
     ],
-    middleware=[Middleware(BaseHTTPMiddleware, dispatch=pass_through)] * 2,
+    middleware=[Middleware(BaseHTTPMiddleware, dispatch=pass_through)] * LAYERS,
 )
 
 

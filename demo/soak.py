@@ -94,12 +94,12 @@ async def load(port: int, plans: list[Plan], concurrency: int, run: Run) -> None
     run.in_flight_at_end = await asyncio.get_running_loop().run_in_executor(None, drain, port)
 
 
-def soak(shim: bool, requests: int, concurrency: int, seed: int) -> Run:
+def soak(shim: bool, requests: int, concurrency: int, seed: int, layers: int = 2) -> Run:
     rng = random.Random(seed)
     warm_up = [Plan.draw(rng) for _ in range(WARM_UP)]
     plans = [Plan.draw(rng) for _ in range(requests)]  # the same plans with and without the shim
     run = Run()
-    with serving("demo.servers_app:app", shim=shim) as server:
+    with serving("demo.servers_app:app", shim=shim, env={"DEMO_LAYERS": str(layers)}) as server:
         asyncio.run(load(server.port, warm_up, concurrency, Run()))  # allocations that stay
         run.rss_start_kib = rss_kib(server.pid)
         started = time.monotonic()
@@ -133,18 +133,19 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=5000)
     parser.add_argument("--concurrency", type=int, default=50)
     parser.add_argument("--seed", type=int, default=1715)
+    parser.add_argument(
+        "--layers", type=int, default=2, help="layers of BaseHTTPMiddleware (4 for 0.28 - 0.38.2)"
+    )
     arguments = parser.parse_args()
     import starlette
     import uvicorn
 
     print(
         f"uvicorn {uvicorn.__version__}, starlette {starlette.__version__}: {arguments.requests} requests, "
-        f"{arguments.concurrency} at a time, seed {arguments.seed}"
+        f"{arguments.concurrency} at a time, seed {arguments.seed}, {arguments.layers} layers"
     )
-    runs = {
-        "without the shim": soak(False, arguments.requests, arguments.concurrency, arguments.seed),
-        "with the shim": soak(True, arguments.requests, arguments.concurrency, arguments.seed),
-    }
+    settings = (arguments.requests, arguments.concurrency, arguments.seed, arguments.layers)
+    runs = {"without the shim": soak(False, *settings), "with the shim": soak(True, *settings)}
     print(table(runs))
     shimmed = runs["with the shim"]
     assert shimmed.server is not None

@@ -51,7 +51,9 @@ def diagnose() -> dict[str, Any]:
     else:
         would = "patch BaseHTTPMiddleware.__call__ once the app imports starlette_shield_patch"
     if would.startswith("patch"):
-        fixes = _patch.fixes_for(after_response=switch.kind != "start-only")
+        # Only releases that cancel their inner app (0.15 - 0.20) get the after-response fix.
+        cancels = verdict is not None and verdict.cancels_inner_app
+        fixes = _patch.fixes_for(after_response=switch.kind != "start-only" and cancels)
         would += f", with the fixes: {', '.join(fixes)}"
     return {
         "python": f"{platform.python_version()} ({sys.executable})",

@@ -47,15 +47,21 @@ class ShieldStatus:
 class _Installed:
     """Our wrapper in place: the class, the exact __call__ that was there, and the wrapper."""
 
-    __slots__ = ("cls", "original", "why", "wrapper")
+    __slots__ = ("cancels_inner_app", "cls", "original", "why", "wrapper")
 
     def __init__(
-        self, cls: type, original: Callable[..., Any], wrapper: Callable[..., Any], why: str
+        self,
+        cls: type,
+        original: Callable[..., Any],
+        wrapper: Callable[..., Any],
+        why: str,
+        cancels_inner_app: bool,
     ) -> None:
         self.cls = cls
         self.original = original  # put back by remove()
         self.wrapper = wrapper
         self.why = why  # the guard's verdict, for status()
+        self.cancels_inner_app = cancels_inner_app  # the release needs the after-response fix
 
 
 class _Lifecycle:
@@ -122,11 +128,16 @@ class _Lifecycle:
             cls = module.BaseHTTPMiddleware
             original = cls.__dict__["__call__"]
             wrapper = wrapt.FunctionWrapper(
-                original, _shield.wrapper_for(original, captures_inner_errors=verdict.captures_inner_errors)
+                original,
+                _shield.wrapper_for(
+                    original,
+                    captures_inner_errors=verdict.captures_inner_errors,
+                    cancels_inner_app=verdict.cancels_inner_app,
+                ),
             )
             setattr(cls, "__call__", wrapper)  # noqa: B010  # a class attribute, by name
             why = f": {verdict.reason}" if verdict.affected else f" with force=True: {verdict.reason}"
-            self.installed = _Installed(cls, original, wrapper, why)
+            self.installed = _Installed(cls, original, wrapper, why, verdict.cancels_inner_app)
             self._serve(f"patched by {self.via}{why}")
             (logger().info if verdict.affected else logger().warning)("%s", self.reason)
 
@@ -174,9 +185,7 @@ class _Lifecycle:
         with self.lock:
             version = _starlette_version() if TARGET_MODULE in sys.modules else None
             patched = self.state == "patched" and self._in_chain()
-            return ShieldStatus(
-                patched, self.reason, version, self.armed, fixes_for(self.after_response) if patched else ()
-            )
+            return ShieldStatus(patched, self.reason, version, self.armed, self._fixes() if patched else ())
 
     def _enter(self, state: str, reason: str) -> None:
         self.state, self.reason = state, reason
@@ -185,7 +194,12 @@ class _Lifecycle:
 
     def _serve(self, reason: str) -> None:
         self._enter("patched", reason)
-        _request_path(fixes_for(self.after_response))
+        _request_path(self._fixes())
+
+    def _fixes(self) -> tuple[str, ...]:
+        # Only 0.15 - 0.20 cancel the inner app: elsewhere the response-start fix is all there is.
+        installed = self.installed
+        return fixes_for(self.after_response and installed is not None and installed.cancels_inner_app)
 
     def _in_chain(self) -> bool:
         """Whether our wrapper is BaseHTTPMiddleware.__call__ or under wrappers others put on top."""

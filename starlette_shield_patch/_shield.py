@@ -42,11 +42,11 @@ enabled = True
 after_response = True
 
 
-async def _deliver_start(stream: MemoryObjectSendStream[Message], message: Message) -> None:
-    """MemoryObjectSendStream.send, but a pending cancellation still lets the start through."""
-    # starlette#1634: on disconnect the inner StreamingResponse cancels its task group before it
-    # sends the start; send() checks for cancellation *before* it delivers, so the start is
-    # dropped and the outer call_next raises "No response returned.".
+async def _deliver_start(stream: MemoryObjectSendStream[Message], message: Message, send: Send) -> None:
+    """call_next's `send`, but a pending cancellation still lets the start through."""
+    # starlette#1634, #2516: on disconnect an inner StreamingResponse cancels its task group
+    # before it sends the start; MemoryObjectSendStream.send checks for cancellation *before* it
+    # delivers, so the start is dropped and the outer call_next raises "No response returned.".
     try:
         await checkpoint()
     except get_cancelled_exc_class():
@@ -60,15 +60,21 @@ async def _deliver_start(stream: MemoryObjectSendStream[Message], message: Messa
         raise
     try:
         stream.send_nowait(message)
-    except WouldBlock:
-        await stream.send(message)  # nobody waiting yet: the ordinary, cancellable send
+    except (WouldBlock, BrokenResourceError, ClosedResourceError):
+        await send(message)  # nobody waiting yet, or reading any more: what call_next's send does
 
 
 def _call_next_stream(send: Send) -> MemoryObjectSendStream[Message] | None:
-    # call_next runs `self.app(scope, request.receive, send_stream.send)`: its send is a bound
-    # method of the stream. Anything else (a forced, unknown release) is left as it is.
+    """The stream behind call_next's `send`, or None (a forced, unknown release)."""
+    # 0.15 - 0.20 hand the inner app `send_stream.send`; 0.21 and later `send_no_error`, a
+    # closure over `send_stream` that drops a send once the response is sent.
     stream = getattr(send, "__self__", None)
-    return stream if type(stream) is MemoryObjectSendStream else None
+    if type(stream) is MemoryObjectSendStream:
+        return stream
+    for cell in getattr(send, "__closure__", None) or ():
+        if type(cell.cell_contents) is MemoryObjectSendStream:
+            return cell.cell_contents
+    return None
 
 
 def _start_first(send: Send) -> Send:
@@ -82,7 +88,7 @@ def _start_first(send: Send) -> Send:
     def send_start_first(message: Message) -> Awaitable[None]:
         # A plain function that returns the awaitable: no extra coroutine per body chunk.
         if message["type"] == "http.response.start":
-            return _deliver_start(stream, message)
+            return _deliver_start(stream, message, send)
         return send(message)
 
     return send_start_first
@@ -178,7 +184,7 @@ class _InnerRun:
         try:
             if message["type"] == "http.response.start":
                 self.started = True
-                await _deliver_start(self._stream, message)
+                await _deliver_start(self._stream, message, self._stream.send)
                 return
             await self._stream.send(message)
             if message["type"] == "http.response.body" and not message.get("more_body", False):
@@ -344,14 +350,17 @@ _inner_receive = _InnerRun.receive.__code__
 
 
 def wrapper_for(
-    original: Callable[..., Awaitable[None]], *, captures_inner_errors: bool
+    original: Callable[..., Awaitable[None]], *, captures_inner_errors: bool, cancels_inner_app: bool
 ) -> Callable[..., Awaitable[None]]:
-    """Build the wrapt wrapper for BaseHTTPMiddleware.__call__ around `original`."""
+    """Build the wrapt wrapper for BaseHTTPMiddleware.__call__ around `original`; the
+    after-response fix only where the release cancels its inner app (0.15 - 0.20)."""
     # functools.wraps copies __module__, but not the absence of __wrapped__.
     wrapped_by_others = hasattr(original, "__wrapped__")
     starlettes_own = original.__module__ == "starlette.middleware.base" and not wrapped_by_others
-    both_fixes = stand_in_for(starlettes_own, True, captures_inner_errors)
     start_only = stand_in_for(starlettes_own, False, captures_inner_errors)
+    both_fixes = (
+        stand_in_for(starlettes_own, True, captures_inner_errors) if cancels_inner_app else start_only
+    )
 
     def shield_response_start(
         wrapped: Callable[..., Awaitable[None]],

@@ -19,17 +19,20 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response, StreamingResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from tests.releases import AFFECTED
+from tests.releases import AFFECTED, CANCELLING
 
 __all__ = ["ASGIApp", "Message", "Receive", "Scope", "Send"]
 
 CallNext = Callable[[Request], Awaitable[Response]]
 
-STARLETTE_AFFECTED = starlette.__version__ in AFFECTED
+STARLETTE_AFFECTED = starlette.__version__ in AFFECTED  # either range: the shim patches it
+# 0.15 - 0.20: two or more layers show the disconnect bug, and work after the response is cancelled.
+STARLETTE_CANCELS = starlette.__version__ in CANCELLING
 STARLETTE_RELEASE = tuple(int(part) for part in starlette.__version__.split(".")[:3])
 STARLETTE_HAS_ANYIO = STARLETTE_RELEASE >= (0, 15)
-# starlette#1609 (0.20.1): the layer's body ends at the inner app's last message, not when it returns.
-BODY_ENDS_AT_LAST_MESSAGE = STARLETTE_RELEASE >= (0, 20, 1)
+# starlette#1609 (0.20.1): the layer's body ends at the inner app's last message, not when the
+# inner app returns, after its background work (starlette#919). 0.24.0 - 0.28.0 dropped that again.
+BODY_ENDS_AT_LAST_MESSAGE = (0, 20, 1) <= STARLETTE_RELEASE < (0, 24, 0) or STARLETTE_RELEASE >= (0, 29, 0)
 
 
 @dataclass
@@ -66,8 +69,9 @@ class Outcome:
 
 
 def expect_bug_only_unpatched(outcome: Outcome, shim: str) -> None:
-    """Unpatched affected releases raise "No response returned."; everything else ends cleanly."""
-    if shim == "unpatched" and STARLETTE_AFFECTED:
+    """For the scenarios of 0.15 - 0.20's bug (two or three layers): unpatched, those releases
+    raise "No response returned."; everything else ends cleanly."""
+    if shim == "unpatched" and STARLETTE_CANCELS:
         assert outcome.no_response_returned, outcome
     else:
         assert outcome.clean, outcome
@@ -113,6 +117,11 @@ def client(*after_body: str, body: bytes = b"hello", pause: float = 0.0) -> Rece
 def client_gone_after_body(body: bytes = b"hello") -> Receive:
     """The client sent its body and went away: every later receive() is http.disconnect."""
     return client("disconnect", body=body)
+
+
+async def client_gone_at_once() -> Message:
+    """The client left before the app read anything: a server says http.disconnect at once."""
+    return {"type": "http.disconnect"}
 
 
 def client_stays(body: bytes = b"hello") -> Receive:
@@ -250,6 +259,22 @@ def answers_then_works(work: Work, streamed: bool = False, chunks: int = 3) -> A
         await StreamingResponse(body(), background=background)(scope, receive, send)
 
     return endpoint
+
+
+def answers_after(work: float = 0.003) -> ASGIApp:
+    """An endpoint that does not read the body (a GET), works briefly and answers."""
+
+    async def endpoint(scope: Scope, receive: Receive, send: Send) -> None:
+        await anyio.sleep(work)
+        await PlainTextResponse("done")(scope, receive, send)
+
+    return endpoint
+
+
+def layers_that_show_the_bug() -> int:
+    """How many pass-through layers it takes, with a client gone at once, for this release to raise
+    "No response returned." unpatched: 2 on 0.15 - 0.20, 4 on 0.28 - 0.38.2 (starlette#2516)."""
+    return 2 if STARLETTE_CANCELS else 4
 
 
 def reads_body_then_streams(work: float = 0.01, chunks: int = 3) -> ASGIApp:

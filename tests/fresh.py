@@ -27,12 +27,13 @@ def report(**extra):
     print(_json.dumps(out))
 
 def disconnect_outcome():
-    from tests.asgi import client_gone_after_body, pass_through, reads_body_then_answers, run, stack
-    outcome = run(stack(reads_body_then_answers(), pass_through, pass_through),
-                  client_gone_after_body(), backend="asyncio")
+    # The words of starlette_shield_patch._selftest: "clean", "No response returned." or the error.
+    from tests.asgi import answers_after, client_gone_at_once, http_scope, pass_through, run, stack
+    outcome = run(stack(answers_after(), *[pass_through] * 4), client_gone_at_once, backend="asyncio",
+                  scope=http_scope("GET"))
     if outcome.clean:
         return "clean"
-    return "no-response-returned" if outcome.no_response_returned else repr(outcome.error)
+    return "No response returned." if outcome.no_response_returned else repr(outcome.error)
 """
 
 

@@ -4,11 +4,20 @@ Independent of the package's own guard (starlette_shield_patch._guard), which th
 against it. Read by noxfile.py and tests/asgi.py; imports nothing.
 """
 
-# 0.15.0 moved BaseHTTPMiddleware onto anyio (starlette#1157); 0.21.0 has the fix (#1715).
-# 0.20.2 was never published.
-AFFECTED = (
+# 0.15.0 moved BaseHTTPMiddleware onto anyio (starlette#1157); 0.21.0 has the fix (#1715). These
+# also cancel the inner app once the response is sent (starlette#1438). 0.20.2 was never published.
+CANCELLING = (
     "0.15.0", "0.16.0", "0.17.0", "0.17.1", "0.18.0", "0.19.0",
     "0.19.1", "0.20.0", "0.20.1", "0.20.3", "0.20.4",
 )  # fmt: skip
-# The neighbours outside the range: the last release before anyio, the first with the fix.
-UNAFFECTED = ("0.14.2", "0.21.0")
+# 0.28.0 (#1692) brought "No response returned." back for four or more layers (starlette#2516);
+# 0.38.3 has the fix (#2620). The matrix runs the first and the last; the tests know them all.
+FOUR_LAYERS = (
+    "0.28.0", "0.29.0", "0.30.0", "0.31.0", "0.31.1", "0.32.0", "0.32.0.post1", "0.33.0",
+    "0.34.0", "0.35.0", "0.35.1", "0.36.0", "0.36.1", "0.36.2", "0.36.3", "0.37.0", "0.37.1",
+    "0.37.2", "0.38.0", "0.38.1", "0.38.2",
+)  # fmt: skip
+AFFECTED = CANCELLING + FOUR_LAYERS
+# The neighbours of the ranges: the last release before anyio, the first with each fix, the
+# last before the second range.
+UNAFFECTED = ("0.14.2", "0.21.0", "0.27.0", "0.38.3")

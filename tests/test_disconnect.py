@@ -1,4 +1,4 @@
-"""A client that leaves while the endpoint works: "No response returned." unpatched, clean with the shim."""
+"""A client that leaves: "No response returned." unpatched, clean with the shim."""
 
 from __future__ import annotations
 
@@ -6,14 +6,19 @@ import pytest
 import starlette
 
 from tests.asgi import (
+    STARLETTE_AFFECTED,
     STARLETTE_HAS_ANYIO,
     ASGIApp,
     Message,
     Receive,
     Scope,
     Send,
+    answers_after,
     client_gone_after_body,
+    client_gone_at_once,
     expect_bug_only_unpatched,
+    http_scope,
+    layers_that_show_the_bug,
     pass_through,
     reads_body_then_answers,
     reads_body_then_streams,
@@ -80,3 +85,24 @@ def test_pure_asgi_middleware_between_two_layers_breaks_only_unpatched(shim: str
     app = stack(forwarding_middleware(inner), pass_through)
 
     expect_bug_only_unpatched(run(app, client_gone_after_body(), backend=backend), shim)
+
+
+@pytest.mark.parametrize("layers", [1, 2, 3, 4, 5, 6], ids=lambda layers: f"{layers}-layers")
+def test_a_client_gone_at_once_breaks_enough_layers_only_unpatched(
+    shim: str, backend: str, layers: int
+) -> None:
+    """starlette#2516: from 0.28.0 to 0.38.2 four or more layers raise the error again; 0.15 - 0.20
+    raise it from two layers on."""
+    app = stack(answers_after(), *[pass_through] * layers)
+
+    outcome = run(app, client_gone_at_once, backend=backend, scope=http_scope("GET"))
+
+    if shim == "unpatched" and STARLETTE_AFFECTED and layers >= layers_that_show_the_bug():
+        assert outcome.no_response_returned, outcome
+    elif shim == "unpatched" and starlette.__version__ in ("0.15.0", "0.16.0"):
+        # One layer: the cousin of the bug on 0.15.0 and 0.16.0 (see the test above).
+        assert outcome.clean or [type(error).__name__ for error in outcome.errors()] == [
+            "BrokenResourceError"
+        ]
+    else:
+        assert outcome.clean, outcome

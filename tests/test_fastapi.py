@@ -16,11 +16,13 @@ from starlette.responses import Response
 from conftest import shim_state
 from tests.asgi import (
     STARLETTE_AFFECTED,
+    STARLETTE_CANCELS,
     CallNext,
-    client_gone_after_body,
+    client_gone_at_once,
     client_reads_then_closes,
     client_stays,
     http_scope,
+    layers_that_show_the_bug,
     run,
 )
 
@@ -42,7 +44,8 @@ async def send_email() -> None:
     ended["background"] = time.perf_counter()
 
 
-def build() -> FastAPI:
+def build(layers: int = 2) -> FastAPI:
+    """`layers` @app.middleware("http") functions: timing, then request logging, auth, request id..."""
     app = FastAPI()
 
     @app.middleware("http")
@@ -51,9 +54,16 @@ def build() -> FastAPI:
         response.headers["x-layer"] = "timing"
         return response
 
-    @app.middleware("http")
-    async def log_requests(request: Request, call_next: CallNext) -> Response:
-        return await call_next(request)
+    for _ in range(layers - 1):
+
+        @app.middleware("http")
+        async def log_requests(request: Request, call_next: CallNext) -> Response:
+            return await call_next(request)
+
+    @app.get("/hello")
+    async def hello() -> dict[str, str]:
+        await anyio.sleep(0.003)
+        return {"hello": "world"}
 
     @app.post("/items")
     async def create(request: Request) -> dict[str, str]:
@@ -76,8 +86,12 @@ def test_fastapi_pins_an_affected_starlette() -> None:
     assert STARLETTE_AFFECTED, (fastapi.__version__, starlette.__version__)
 
 
-def test_a_client_gone_while_the_endpoint_works_breaks_only_unpatched(shim: str, backend: str) -> None:
-    outcome = run(build(), client_gone_after_body(), backend=backend, scope=http_scope(path="/items"))
+def test_a_client_gone_breaks_only_unpatched(shim: str, backend: str) -> None:
+    """As many middleware functions as this starlette needs to show it: two on 0.15 - 0.20
+    (pinned by FastAPI 0.69 - 0.86), four on 0.28 - 0.38.2 (FastAPI 0.108 - 0.112)."""
+    app = build(layers=layers_that_show_the_bug())
+
+    outcome = run(app, client_gone_at_once, backend=backend, scope=http_scope("GET", "/hello"))
 
     if shim == "unpatched":
         assert outcome.no_response_returned, outcome
@@ -108,5 +122,9 @@ def test_background_tasks_and_dependency_teardown_finish(shim: str, backend: str
 
     assert outcome.messages and outcome.messages[0]["status"] == 200
     over = outcome.response_over_at
+    if not STARLETTE_CANCELS:
+        # FastAPI 0.106 and later end `yield` dependencies before the response; nothing is cancelled.
+        assert set(ended) == {"teardown", "background"} and over is not None and over < ended["background"]
+        return
     finished = set(ended) == {"teardown", "background"} and over is not None and over < min(ended.values())
     assert finished is (shim == "patched"), (ended, over)

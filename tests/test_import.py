@@ -109,7 +109,7 @@ def test_without_the_shim_the_bug_shows() -> None:
     result = run_fresh(code)
 
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == ("no-response-returned" if STARLETTE_AFFECTED else "clean")
+    assert result.stdout.strip() == ("No response returned." if STARLETTE_AFFECTED else "clean")
 
 
 @pytest.mark.skipif(STARLETTE_AFFECTED, reason="needs a starlette outside the affected range")

@@ -8,7 +8,12 @@ from typing import Callable
 import pytest
 
 from demo.harness import Server, drain, exchange, leave_after, request_bytes, serving, work_after_response
-from tests.asgi import BODY_ENDS_AT_LAST_MESSAGE, STARLETTE_AFFECTED
+from tests.asgi import (
+    BODY_ENDS_AT_LAST_MESSAGE,
+    STARLETTE_AFFECTED,
+    STARLETTE_CANCELS,
+    layers_that_show_the_bug,
+)
 
 pytestmark = pytest.mark.servers
 
@@ -32,13 +37,17 @@ LEAVING: dict[str, Callable[[int], None]] = {
         port, request_bytes("POST", "/stream?chunks=40&pause=0.01", b""), 0.05, read=150
     ),
 }
-# Where the client leaves before the response starts, the bug shows; mid-stream it does not.
-# hypercorn says http.disconnect once: when the endpoint's body read takes it, no layer sees it.
 WORK = 0.3  # seconds of background work per response
-SHOWS_THE_BUG = {
-    "uvicorn": {"before-body-complete", "while-endpoint-works"},
-    "hypercorn": {"while-endpoint-works"},
-}
+# Where the client leaves before the response starts, the bug shows; mid-stream it does not.
+# hypercorn says http.disconnect once: when the endpoint's body read takes it, no layer sees it
+# on 0.15 - 0.20. On 0.28 - 0.38.2 two layers are enough when the body is incomplete
+# (starlette#2516's cached request body), and sometimes, on hypercorn, while the endpoint works.
+BEFORE_BODY, WHILE_WORKING = "before-body-complete", "while-endpoint-works"
+SHOWS_THE_BUG: dict[str, set[str]] = {"uvicorn": {BEFORE_BODY}, "hypercorn": {BEFORE_BODY}}
+MAY_SHOW_IT: dict[str, set[str]] = {"uvicorn": set(), "hypercorn": {WHILE_WORKING}}
+if STARLETTE_CANCELS:
+    SHOWS_THE_BUG = {"uvicorn": {BEFORE_BODY, WHILE_WORKING}, "hypercorn": {WHILE_WORKING}}
+    MAY_SHOW_IT = {"uvicorn": set(), "hypercorn": set()}
 
 
 def serve_clients(server_name: str, case: str, shim: bool) -> tuple[Server, list[bytes], int]:
@@ -64,9 +73,12 @@ def serve_clients(server_name: str, case: str, shim: bool) -> tuple[Server, list
 def test_clients_leave_mid_request(shim: str, server_name: str, case: str) -> None:
     server, answers, left = serve_clients(server_name, case, shim == "patched")
 
-    if shim == "unpatched" and STARLETTE_AFFECTED and case in SHOWS_THE_BUG[SERVERS[server_name][0]]:
+    kind = SERVERS[server_name][0]
+    if shim == "unpatched" and STARLETTE_AFFECTED and case in SHOWS_THE_BUG[kind]:
         assert server.no_response_returned >= 1, server.log
         assert server.exceptions()["RuntimeError"] >= 1  # so the check below can see exceptions
+    elif shim == "unpatched" and STARLETTE_AFFECTED and case in MAY_SHOW_IT[kind]:
+        pass  # it may or may not log the bug; what the clients got is checked below
     else:
         assert server.no_response_returned == 0, server.log
         assert not server.exceptions(), server.log
@@ -81,7 +93,10 @@ def test_a_short_soak_logs_no_exception_and_leaves_nothing_in_flight() -> None:
     """The soak command, shortened: 300 requests, 50 at a time, a third of the clients leaving."""
     from demo.soak import soak
 
-    without, with_shim = (soak(shim, requests=300, concurrency=50, seed=1715) for shim in (False, True))
+    layers = layers_that_show_the_bug()
+    without, with_shim = (
+        soak(shim, requests=300, concurrency=50, seed=1715, layers=layers) for shim in (False, True)
+    )
 
     assert without.server and with_shim.server
     if STARLETTE_AFFECTED:
@@ -90,6 +105,35 @@ def test_a_short_soak_logs_no_exception_and_leaves_nothing_in_flight() -> None:
     assert with_shim.in_flight_at_end == 0
     assert with_shim.answered + with_shim.disconnected == with_shim.sent == 300
     assert with_shim.rss_end_kib - with_shim.rss_start_kib < 4 * 1024
+
+
+@pytest.mark.parametrize("layers", [4, 6], ids=["four-layers", "six-layers"])
+@pytest.mark.parametrize("server_name", list(SERVERS))
+def test_many_layers_and_clients_that_leave_at_once(shim: str, server_name: str, layers: int) -> None:
+    """starlette#2516: clients that close right after their request, through four or six layers."""
+    kind, loop = SERVERS[server_name]
+    if loop == "uvloop":
+        pytest.importorskip("uvloop")
+    env = {"DEMO_LAYERS": str(layers)}
+    with serving("demo.servers_app:app", server=kind, loop=loop, shim=shim == "patched", env=env) as server:
+        leaving = [
+            threading.Thread(target=leave_after, args=(server.port, request_bytes("GET", "/hello", b""), 0.0))
+            for _ in range(20)
+        ]
+        for thread in leaving:
+            thread.start()
+        for thread in leaving:
+            thread.join(timeout=15)
+        answer = exchange(server.port, request_bytes("GET", "/hello", b""))
+        left = drain(server.port)
+
+    if shim == "unpatched" and STARLETTE_AFFECTED and kind == "uvicorn":
+        assert server.no_response_returned >= 1, server.log
+    elif shim == "patched":
+        assert not server.exceptions(), server.log
+    assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(b"hello"), answer
+    assert left == 0
+    assert server.exit_code == 0 and server.stopped_in < 10, server.log
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["plain", "streamed"])
@@ -112,13 +156,14 @@ def test_work_after_the_response_finishes(
     # declared length comes first, and the work is cancelled only if the server says disconnect
     # when that client closes (uvicorn does; hypercorn only once the response is over).
     closes_early = not keep_alive and kind == "uvicorn"
-    bug_shows = STARLETTE_AFFECTED and (BODY_ENDS_AT_LAST_MESSAGE or stream or closes_early)
+    bug_shows = STARLETTE_CANCELS and (BODY_ENDS_AT_LAST_MESSAGE or stream or closes_early)
     assert fixed is (shim == "patched" or not bug_shows), result
     assert result.left_in_flight == 0
     assert not server.exceptions(), server.log
     assert server.exit_code == 0 and server.stopped_in < 10, server.log
 
 
+@pytest.mark.skipif(not STARLETTE_CANCELS, reason="the after-response fix is for 0.15 - 0.20")
 def test_an_error_in_work_after_the_response_is_logged() -> None:
     with serving("demo.servers_app:app", shim=True) as server:
         answer = exchange(server.port, request_bytes("GET", "/background?work=0.05&fail=1", b""))
