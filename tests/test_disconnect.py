@@ -99,10 +99,10 @@ def test_a_client_gone_at_once_breaks_enough_layers_only_unpatched(
 
     if shim == "unpatched" and STARLETTE_AFFECTED and layers >= layers_that_show_the_bug():
         assert outcome.no_response_returned, outcome
-    elif shim == "unpatched" and starlette.__version__ in ("0.15.0", "0.16.0"):
-        # One layer: the cousin of the bug on 0.15.0 and 0.16.0 (see the test above).
-        assert outcome.clean or [type(error).__name__ for error in outcome.errors()] == [
-            "BrokenResourceError"
-        ]
+    elif shim == "unpatched" and STARLETTE_AFFECTED:
+        # Fewer layers: clean, or the error when trio's scheduling makes three layers enough on
+        # 0.28 - 0.38.2, or on 0.15.0 and 0.16.0 with one layer its cousin (see the test above).
+        errors = {type(error).__name__ for error in outcome.errors()}
+        assert outcome.clean or outcome.no_response_returned or errors == {"BrokenResourceError"}, outcome
     else:
         assert outcome.clean, outcome
