@@ -1,10 +1,11 @@
 """Per-request cost of the shim, as median ratios of alternating rounds (`scripts/bench`).
 
-Two long-lived workers per anyio version, one on starlette 0.20.4 (unpatched, patched with both
-fixes, patched with the response-start fix alone, an empty wrapt wrapper) and one on 0.21.0 (the
-upstream fix). Rounds alternate between the variants, in
-a rotating order, each on fresh middleware instances; a ratio is taken per round, and the
-figure is the median over rounds, so drift on a shared machine cancels out.
+Two long-lived workers per affected release (0.20.4, 0.37.2) and anyio version: one on that
+release (unpatched, patched with both fixes, patched with the response-start fix alone, an empty
+wrapt wrapper) and one on the first release with the upstream fix (0.21.0, 0.38.3). Rounds
+alternate between the variants, in a rotating order, each on fresh middleware instances; a
+ratio is taken per round, and the figure is the median over rounds, so drift on a shared machine
+cancels out.
 """
 
 from __future__ import annotations
@@ -78,7 +79,7 @@ def percent(ratio: float) -> str:
 def measure(fixed: Worker, upstream: Worker, shape: str, rounds: int) -> dict[str, float]:
     probe = fixed.round(shape, "unpatched", 20) / 20
     requests = max(10, int(ROUND_SECONDS / probe))
-    variants = [(fixed, "unpatched"), *[(fixed, name) for name in VARIANTS], (upstream, "0.21.0")]
+    variants = [(fixed, "unpatched"), *[(fixed, name) for name in VARIANTS], (upstream, "upgrade")]
     for worker, variant in variants:  # warm up every variant once
         worker.round(shape, worker_variant(variant), requests)
     ratios: dict[str, list[float]] = {variant: [] for _, variant in variants[1:]}
@@ -98,42 +99,49 @@ def measure(fixed: Worker, upstream: Worker, shape: str, rounds: int) -> dict[st
 
 
 def worker_variant(variant: str) -> str:
-    return "unpatched" if variant == "0.21.0" else variant  # the 0.21.0 worker runs it unpatched
+    return "unpatched" if variant == "upgrade" else variant  # the upgraded release runs unpatched
+
+
+# An affected release, the first with the upstream fix, and the anyio versions to measure on.
+PAIRS = {"0.20.4": ("0.21.0", ("3.7.1", "4")), "0.37.2": ("0.38.3", ("4",))}
+ANYIO = {"3.7.1": "anyio==3.7.1", "4": "anyio<5"}
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rounds", type=int, default=21)
-    parser.add_argument("--anyio", action="append", choices=["3.7.1", "4"], help="default: both")
+    parser.add_argument("--starlette", action="append", choices=list(PAIRS), help="default: both")
+    parser.add_argument("--anyio", action="append", choices=list(ANYIO), help="default: all")
     parser.add_argument("--shape", action="append", choices=list(SHAPES), help="default: all")
     arguments = parser.parse_args()
     cache = ROOT / ".bench"
     rounds = f"{arguments.rounds} rounds of ~{ROUND_SECONDS}s per variant"
     print(f"Python {platform.python_version()}, {os.cpu_count()} CPUs, {rounds}")
     print()
-    header = ["anyio", "shape", "unpatched, µs/request", *VARIANTS.values(), "starlette 0.21.0"]
+    header = ["starlette", "anyio", "shape", "unpatched, µs/request", *VARIANTS.values(), "upgrade"]
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
-    anyios = {"3.7.1": "anyio==3.7.1", "4": "anyio<5"}
-    for anyio in [anyios[name] for name in arguments.anyio or anyios]:
-        tag = anyio.replace("==", "-").replace("<", "-lt-")
-        fixed_python = venv(cache / f"0.20.4-{tag}", "starlette==0.20.4", anyio)
-        upstream_python = venv(cache / f"0.21.0-{tag}", "starlette==0.21.0", anyio)
-        fixed, upstream = Worker(fixed_python), Worker(upstream_python)
-        try:
-            for shape in arguments.shape or SHAPES:
-                label = SHAPES[shape]
-                figures = measure(fixed, upstream, shape, arguments.rounds)
-                cells = [
-                    installed(fixed_python, "anyio"),
-                    label,
-                    f"{figures['microseconds']:.0f}",
-                    *[percent(figures[variant]) for variant in [*VARIANTS, "0.21.0"]],
-                ]
-                print("| " + " | ".join(cells) + " |", flush=True)
-        finally:
-            fixed.close()
-            upstream.close()
+    for release in arguments.starlette or PAIRS:
+        fixed_release, anyios = PAIRS[release]
+        for anyio in [ANYIO[name] for name in anyios if name in (arguments.anyio or anyios)]:
+            tag = anyio.replace("==", "-").replace("<", "-lt-")
+            fixed_python = venv(cache / f"{release}-{tag}", f"starlette=={release}", anyio)
+            upstream_python = venv(cache / f"{fixed_release}-{tag}", f"starlette=={fixed_release}", anyio)
+            fixed, upstream = Worker(fixed_python), Worker(upstream_python)
+            try:
+                for shape in arguments.shape or SHAPES:
+                    figures = measure(fixed, upstream, shape, arguments.rounds)
+                    cells = [
+                        f"{release} (upgrade: {fixed_release})",
+                        installed(fixed_python, "anyio"),
+                        SHAPES[shape],
+                        f"{figures['microseconds']:.0f}",
+                        *[percent(figures[variant]) for variant in [*VARIANTS, "upgrade"]],
+                    ]
+                    print("| " + " | ".join(cells) + " |", flush=True)
+            finally:
+                fixed.close()
+                upstream.close()
     return 0
 
 
