@@ -9,21 +9,21 @@ import pytest
 
 import starlette_shield_patch
 
-try:
+ANYIO_MAJOR = int(version("anyio").split(".")[0])
+# anyio 3 needs trio < 0.22, which does not run on Python >= 3.12 (and whose traceback patches
+# break logging there, so it is not even imported).
+TRIO_RUNS = ANYIO_MAJOR >= 4 or sys.version_info < (3, 12)
+
+if TRIO_RUNS:
     # pytest rewrites anyio's modules (anyio is a pytest plugin), and on CPython 3.11.7 the
     # rewriter's ast.parse of the trio backend can fail when it is first imported inside a test
     # ("AST constructor recursion depth mismatch"): import it here, once.
     import anyio._backends._trio  # noqa: F401
-except Exception:  # no trio here, or one that does not import on this Python
-    pass
-
-ANYIO_MAJOR = int(version("anyio").split(".")[0])
 
 
 @pytest.fixture(params=["asyncio", "trio"])
 def backend(request: pytest.FixtureRequest) -> str:
-    if request.param == "trio" and ANYIO_MAJOR < 4 and sys.version_info >= (3, 12):
-        # anyio 3 needs trio < 0.22, which does not import on Python >= 3.12.
+    if request.param == "trio" and not TRIO_RUNS:
         pytest.skip("trio < 0.22 (needed by anyio 3) does not run on Python >= 3.12")
     if request.param == "trio":
         import trio  # noqa: F401  # an environment that should have trio must have it
