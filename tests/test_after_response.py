@@ -20,6 +20,7 @@ from tests.asgi import (
     STARLETTE_CANCELS,
     STARLETTE_HAS_ANYIO,
     ASGIApp,
+    Message,
     Outcome,
     Receive,
     Scope,
@@ -242,3 +243,21 @@ def test_both_fixes_under_a_wrapper_installed_before_the_shim(backend: str, afte
 
     assert gone.clean, gone
     assert work_done_after_response(stays, work, "closes-after-response") is after_response
+
+
+def test_after_its_response_the_inner_app_hears_http_disconnect(shim: str, backend: str) -> None:
+    """As on 0.21.0: once the layer's response is sent, the inner app's receive() says
+    http.disconnect at once, although the client is still connected."""
+    heard: list[Message] = []
+
+    async def endpoint(scope: Scope, receive: Receive, send: Send) -> None:
+        await Request(scope, receive).body()
+        await PlainTextResponse("done")(scope, receive, send)
+        await anyio.sleep(0.05)  # the layer's response is sent meanwhile
+        with anyio.move_on_after(1):
+            heard.append(await receive())
+
+    outcome = run(stack(endpoint, pass_through), client_stays(), backend=backend)
+
+    assert outcome.clean, outcome
+    assert (heard == [{"type": "http.disconnect"}]) is (shim == "patched" or not STARLETTE_CANCELS)
