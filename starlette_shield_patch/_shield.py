@@ -241,7 +241,8 @@ class _ThenFinish:
     async def __call__(self, scope: Any, receive: Receive, send: Send) -> None:
         await self._response(scope, receive, send)
         for run in self._runs:
-            await run.finish()
+            if not run.ended or run.error is not None:  # most have returned already: no coroutine
+                await run.finish()
 
 
 def _run_inner_app(
