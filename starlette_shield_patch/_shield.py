@@ -357,13 +357,15 @@ def wrapper_for(
     after-response fix only where the release cancels its inner app (0.15 - 0.20)."""
     # functools.wraps copies __module__, but not the absence of __wrapped__.
     wrapped_by_others = hasattr(original, "__wrapped__")
-    starlettes_own = original.__module__ == "starlette.middleware.base" and not wrapped_by_others
+    starlettes_own = (
+        getattr(original, "__module__", None) == "starlette.middleware.base" and not wrapped_by_others
+    )
     start_only = stand_in_for(starlettes_own, False, captures_inner_errors)
     both_fixes = (
         stand_in_for(starlettes_own, True, captures_inner_errors) if cancels_inner_app else start_only
     )
 
-    def shield_response_start(
+    def patched_call(
         wrapped: Callable[..., Awaitable[None]],
         instance: object,
         args: tuple[Any, ...],
@@ -380,4 +382,4 @@ def wrapper_for(
             return original(stand_in(instance), scope, receive, send, **kwargs)
         return original(instance, *args, **kwargs)
 
-    return shield_response_start
+    return patched_call
