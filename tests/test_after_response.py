@@ -17,6 +17,7 @@ import starlette_shield_patch
 from conftest import shim_state
 from tests.asgi import (
     BODY_ENDS_AT_LAST_MESSAGE,
+    STARLETTE_AFFECTED,
     STARLETTE_CANCELS,
     STARLETTE_HAS_ANYIO,
     ASGIApp,
@@ -26,12 +27,16 @@ from tests.asgi import (
     Scope,
     Send,
     Work,
+    answers_after,
     answers_then_works,
     client,
     client_gone_after_body,
+    client_gone_at_once,
     client_reads_then_closes,
     client_stays,
     expect_bug_only_unpatched,
+    http_scope,
+    layers_that_show_the_bug,
     pass_through,
     reads_body_then_answers,
     run,
@@ -225,24 +230,26 @@ def test_a_replaced_endless_stream_stops_while_the_client_stays(shim: str, backe
     assert outcome.messages[0]["status"] == 203
 
 
-@only_cancelling
+@pytest.mark.skipif(not STARLETTE_AFFECTED, reason="the shim is not applied outside the ranges")
 @pytest.mark.parametrize("after_response", [True, False], ids=["both-fixes", "start-only"])
 def test_both_fixes_under_a_wrapper_installed_before_the_shim(backend: str, after_response: bool) -> None:
+    """The stand-in that looks like the middleware in every way, on every affected release."""
     work = Work()
     with shim_state(False), wrapped_before_the_shim():
         starlette_shield_patch.apply(after_response=after_response)
         assert starlette_shield_patch.status().patched
+        layers = [pass_through] * layers_that_show_the_bug()
         gone = run(
-            stack(reads_body_then_answers(), pass_through, pass_through),
-            client_gone_after_body(),
-            backend=backend,
+            stack(answers_after(), *layers), client_gone_at_once, backend=backend, scope=http_scope("GET")
         )
         stays = run(
             stack(answers_then_works(work), pass_through), client_reads_then_closes(), backend=backend
         )
 
     assert gone.clean, gone
-    assert work_done_after_response(stays, work, "closes-after-response") is after_response
+    # 0.28 - 0.38.2 do not cancel the work; 0.28.0 holds the response's end back until it is done.
+    expected = after_response if STARLETTE_CANCELS else BODY_ENDS_AT_LAST_MESSAGE
+    assert work_done_after_response(stays, work, "closes-after-response") is expected
 
 
 def test_after_its_response_the_inner_app_hears_http_disconnect(shim: str, backend: str) -> None:
