@@ -267,4 +267,7 @@ def test_after_its_response_the_inner_app_hears_http_disconnect(shim: str, backe
     outcome = run(stack(endpoint, pass_through), client_stays(), backend=backend)
 
     assert outcome.clean, outcome
-    assert (heard == [{"type": "http.disconnect"}]) is (shim == "patched" or not STARLETTE_CANCELS)
+    # Unpatched 0.15 - 0.20 cancel the endpoint; 0.24.0 - 0.28.0 end the layer's response only
+    # once the endpoint returns, so nothing tells it before the client does.
+    hears = shim == "patched" if STARLETTE_CANCELS else BODY_ENDS_AT_LAST_MESSAGE
+    assert (heard == [{"type": "http.disconnect"}]) is hears
