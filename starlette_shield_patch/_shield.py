@@ -214,19 +214,17 @@ class _InnerRun:
         return {"type": "http.disconnect"}  # detached while it waited (cancelled by finish())
 
     async def finish(self) -> None:
-        """Called once the layer's response is sent: wait for the inner app instead of cancelling it."""
-        if not self.ended:
-            if not self.started or not _release_waiting_sends(self._stream):
-                return  # starlette cancels it next, as unpatched
-            self.over = self.detached = True
-            # A send that was past its checkpoint meets a closed stream and is dropped.
-            await self._stream.aclose()
-            for waiting in self._receiving or ():
-                waiting.cancel()
-            self._on_end = Event()
-            await self._on_end.wait()
-        if self.error is not None:
-            raise self.error
+        """Called once the layer's response is sent, while the inner app still runs: wait for it
+        instead of letting starlette cancel it."""
+        if not self.started or not _release_waiting_sends(self._stream):
+            return  # starlette cancels it next, as unpatched
+        self.over = self.detached = True
+        # A send that was past its checkpoint meets a closed stream and is dropped.
+        await self._stream.aclose()
+        for waiting in self._receiving or ():
+            waiting.cancel()
+        self._on_end = Event()
+        await self._on_end.wait()
 
 
 class _ThenFinish:
@@ -241,8 +239,10 @@ class _ThenFinish:
     async def __call__(self, scope: Any, receive: Receive, send: Send) -> None:
         await self._response(scope, receive, send)
         for run in self._runs:
-            if not run.ended or run.error is not None:  # most have returned already: no coroutine
+            if not run.ended:  # most have returned already, and cost no coroutine here
                 await run.finish()
+            if run.error is not None:
+                raise run.error
 
 
 def _run_inner_app(
