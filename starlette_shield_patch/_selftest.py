@@ -15,10 +15,9 @@ FINISHED = "finished"
 CANCELLED = "cancelled"
 
 
-def http_scope(
-    method: str = "POST", path: str = "/", headers: list[tuple[bytes, bytes]] | None = None
-) -> Any:
-    """An HTTP scope as a server makes it (the scenarios here, the tests and the benchmark use it)."""
+def http_scope(method: str = "POST", path: str = "/") -> Any:
+    """An HTTP scope as a server makes it, for the scenarios here and the benchmark (tests/asgi.py
+    keeps its own: it must not import the package)."""
     return {
         "type": "http",
         "asgi": {"version": "3.0", "spec_version": "2.1"},
@@ -29,7 +28,7 @@ def http_scope(
         "raw_path": path.encode(),
         "root_path": "",
         "query_string": b"",
-        "headers": headers or [(b"host", b"testserver")],
+        "headers": [(b"host", b"testserver")],
         "client": ("127.0.0.1", 50000),
         "server": ("127.0.0.1", 8000),
     }
