@@ -2,12 +2,12 @@ from __future__ import annotations
 
 import sys
 from contextlib import contextmanager
-from importlib.metadata import version
 from typing import Iterator
 
 import pytest
 
 import starlette_shield_patch
+from tests.fresh import version
 
 ANYIO_MAJOR = int(version("anyio").split(".")[0])
 # anyio 3 needs trio < 0.22, which does not run on Python >= 3.12 (and whose traceback patches

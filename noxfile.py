@@ -23,12 +23,16 @@ ROOT = Path(__file__).parent
 # Every session's coverage data, combined by the last session, `coverage`.
 COVERAGE_DATA = ROOT / ".coverage-data"
 EDGE_PYTHONS = ["3.8", "3.13"]
+# Debian 10 and the python:3.7 images of 2021-2022: the first range on its oldest and newest
+# release, and the last release of the second range that still installs on 3.7.
+OLDEST_PYTHON = "3.7"
+ON_OLDEST_PYTHON = [CANCELLING[0], CANCELLING[-1], "0.29.0"]
 
 
 def _pyenv_interpreters_on_path() -> None:
     """Let nox find pyenv's interpreters when they are not on PATH (pyenv's shims refuse)."""
     root = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv"))
-    for version in [MAIN_PYTHON, *EDGE_PYTHONS]:
+    for version in [MAIN_PYTHON, *EDGE_PYTHONS, OLDEST_PYTHON]:
         for bindir in sorted(glob.glob(str(root / "versions" / f"{version}.*" / "bin")))[-1:]:
             os.environ["PATH"] = bindir + os.pathsep + os.environ["PATH"]
 
@@ -52,16 +56,17 @@ def pytest(session: nox.Session, *arguments: str) -> None:
     session.run("python", "-m", "coverage", "run", "-m", "pytest", *arguments, *session.posargs, env=env)
 
 
-def anyio_requirements(starlette: str, which: str) -> list[str]:
+def anyio_requirements(starlette: str, which: str, python: str = MAIN_PYTHON) -> list[str]:
     """anyio (with trio) as the starlette release allows it: its oldest or its newest."""
     if starlette in UNAFFECTED:
         return ["anyio[trio]"]
     before_0_19 = tuple(map(int, starlette.split("."))) < (0, 19, 0)
     oldest, below = ("3.0.0", "4") if before_0_19 else ("3.4.0", "5")
     anyio = f"anyio[trio]=={oldest}" if which == "oldest" else f"anyio[trio]<{below}"
-    # anyio 3 works with trio < 0.22 only; the resolver picks the rest per Python.
-    trio = ["trio<0.22"] if which == "oldest" or below == "4" else []
-    return [anyio, *trio]
+    # anyio 3 works with trio < 0.22 only (and anyio 4 does not install on Python 3.7); the
+    # resolver picks the rest per Python.
+    anyio_3 = which == "oldest" or below == "4" or python == OLDEST_PYTHON
+    return [anyio, *(["trio<0.22"] if anyio_3 else [])]
 
 
 def matrix() -> list[tuple[str, str, str]]:
@@ -72,6 +77,8 @@ def matrix() -> list[tuple[str, str, str]]:
     rows += [(MAIN_PYTHON, release, which) for release in FOUR_LAYERS for which in both]
     rows += [(MAIN_PYTHON, release, "newest") for release in UNAFFECTED]
     rows += [(EDGE_PYTHONS[-1], "newest", "newest")]
+    rows += [(OLDEST_PYTHON, release, which) for release in ON_OLDEST_PYTHON[:2] for which in both]
+    rows += [(OLDEST_PYTHON, ON_OLDEST_PYTHON[-1], "newest")]
     return rows
 
 
@@ -84,11 +91,14 @@ def matrix() -> list[tuple[str, str, str]]:
 def tests(session: nox.Session, starlette: str, anyio: str) -> None:
     """The test suite on one Python, one starlette release, one end of its anyio range."""
     pin = "starlette" if starlette == "newest" else f"starlette=={starlette}"
-    session.install(".", pin, *anyio_requirements(starlette, anyio), "pytest", "uv")
+    python = str(session.python)
+    # uv does not install on Python 3.7: the tests there take scripts/test's own from PATH.
+    uv = [] if python == OLDEST_PYTHON else ["uv"]
+    session.install(".", pin, *anyio_requirements(starlette, anyio, python), "pytest", *uv)
     # Activation from the wheel does not change from one release to the next: its venvs are
-    # built on the first and last affected release and on the unaffected ones.
+    # built on the first and last affected release and on the unaffected ones, and on 3.7.
     full = (CANCELLING[0], CANCELLING[-1], FOUR_LAYERS[-1], *UNAFFECTED)
-    venvs = session.python == MAIN_PYTHON and starlette in full
+    venvs = (python == MAIN_PYTHON and starlette in full) or python == OLDEST_PYTHON
     pytest(session, "-m", "not (servers or fastapi or neighbours" + ("" if venvs else " or venvs") + ")")
 
 
@@ -133,9 +143,20 @@ def neighbours(session: nox.Session, starlette: str) -> None:
     pytest(session, "-m", "neighbours")
 
 
+# Everything that runs on Python 3.7 (bench/ runs on the newest only).
+PYTHON_3_7_CODE = [
+    "starlette_shield_patch",
+    "_starlette_shield_patch_startup.py",
+    "setup.py",
+    "tests",
+    "conftest.py",
+    "demo",
+]
+
+
 @nox.session(python=MAIN_PYTHON)
 def lint(session: nox.Session) -> None:
-    """ruff and mypy --strict on the package, the tests, the demo and this file."""
+    """ruff and mypy --strict on the package, the tests, the demo and this file; vermin for 3.7."""
     session.install(
         ".",
         "starlette==0.20.4",
@@ -147,7 +168,10 @@ def lint(session: nox.Session) -> None:
         "ruff",
         "types-setuptools",
         "fastapi==0.85.2",
+        "vermin",
     )
+    # mypy and ruff run here on 3.11; vermin checks that what they check is what 3.7 can run.
+    session.run("vermin", "--no-tips", "--violations", "-t=3.7-", *PYTHON_3_7_CODE)
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
     session.run("mypy")

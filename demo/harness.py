@@ -229,8 +229,10 @@ def count(port: int, path: str) -> int:
 def drain(port: int, timeout: float = 10.0) -> int:
     """Wait until no request is in flight, or `timeout`; return how many still are."""
     deadline = time.monotonic() + timeout
-    while (left := in_flight(port)) and time.monotonic() < deadline:
+    left = in_flight(port)
+    while left and time.monotonic() < deadline:
         time.sleep(0.05)
+        left = in_flight(port)
     return left
 
 

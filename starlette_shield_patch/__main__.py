@@ -8,7 +8,6 @@ import os
 import platform
 import site
 import sys
-from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from _starlette_shield_patch_startup import ARMS_AT_STARTUP, MEANINGS, VARIABLE, read_switch
@@ -16,6 +15,11 @@ from _starlette_shield_patch_startup import ARMS_AT_STARTUP, MEANINGS, VARIABLE,
 from . import _patch, apply, remove
 from ._guard import AFFECTED_RANGE_TEXT, affected
 from ._selftest import CLEAN, FINISHED, after_response_outcome, disconnect_outcome
+
+if sys.version_info >= (3, 8):
+    from importlib.metadata import PackageNotFoundError, version  # novermin (3.8 and later only)
+else:  # the backport, a dependency on Python 3.7 alone (setup.cfg)
+    from importlib_metadata import PackageNotFoundError, version
 
 
 def installed(distribution: str) -> str | None:

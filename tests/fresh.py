@@ -12,6 +12,13 @@ from typing import Any, Sequence
 
 from demo.harness import clean_environment
 
+if sys.version_info >= (3, 8):
+    from importlib.metadata import version  # novermin (3.8 and later only)
+else:  # the backport, which the package needs on Python 3.7 too
+    from importlib_metadata import version
+
+__all__ = ["ROOT", "only_json_line", "run_fresh", "version"]
+
 ROOT = Path(__file__).resolve().parent.parent
 
 # Prints, as the script's only line of stdout, what the shim did and how the disconnect went.

@@ -7,7 +7,6 @@ import os
 import shutil
 import subprocess
 import sys
-from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +14,7 @@ import pytest
 
 from demo.harness import clean_environment
 from tests.asgi import BODY_ENDS_AT_LAST_MESSAGE, STARLETTE_AFFECTED, STARLETTE_CANCELS, STARLETTE_HAS_ANYIO
-from tests.fresh import ROOT, only_json_line
+from tests.fresh import ROOT, only_json_line, version
 
 pytestmark = [
     pytest.mark.venvs,
@@ -42,7 +41,10 @@ print(json.dumps({"at_startup": before, "clean": outcome.clean,
 
 
 def uv(*arguments: str) -> None:
-    subprocess.run([sys.executable, "-m", "uv", *arguments], check=True, capture_output=True, timeout=300)
+    """uv from PATH: scripts/test puts its own there (uv does not install on Python 3.7)."""
+    program = shutil.which("uv")
+    assert program, "these tests make venvs with uv: put it on PATH (scripts/bootstrap does)"
+    subprocess.run([program, *arguments], check=True, capture_output=True, timeout=300)
 
 
 def make_venv(where: Path, *install: str) -> Path:
