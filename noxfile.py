@@ -99,7 +99,8 @@ def tests(session: nox.Session, starlette: str, anyio: str) -> None:
     # built on the first and last affected release and on the unaffected ones, and on 3.7.
     full = (CANCELLING[0], CANCELLING[-1], FOUR_LAYERS[-1], *UNAFFECTED)
     venvs = (python == MAIN_PYTHON and starlette in full) or python == OLDEST_PYTHON
-    pytest(session, "-m", "not (servers or fastapi or neighbours" + ("" if venvs else " or venvs") + ")")
+    others = "servers or deployments or fastapi or neighbours" + ("" if venvs else " or venvs")
+    pytest(session, "-m", f"not ({others})")
 
 
 @nox.session(python=MAIN_PYTHON)
@@ -111,6 +112,33 @@ def servers(session: nox.Session, starlette: str) -> None:
     hypercorn = "hypercorn[trio]<0.15" if "trio<0.22" in anyio else "hypercorn[trio]"
     session.install(".", f"starlette=={starlette}", *anyio, "uvicorn", "uvloop", hypercorn, "pytest")
     pytest(session, "-m", "servers")
+
+
+# The deployments of 2021-2022 on Python 3.7 (the uvicorn of the time: 0.15.0 came out with
+# starlette 0.16, 0.19.0 with 0.21), and the same with the newest uvicorn and hypercorn.
+DEPLOYMENTS = [
+    (OLDEST_PYTHON, CANCELLING[0], "0.15.0"),
+    (OLDEST_PYTHON, CANCELLING[-1], "0.19.0"),
+    (MAIN_PYTHON, CANCELLING[0], "newest"),
+    (MAIN_PYTHON, CANCELLING[-1], "newest"),
+]
+
+
+@nox.session
+@nox.parametrize(
+    ("python", "starlette", "uvicorn"),
+    DEPLOYMENTS,
+    ids=[f"py{python}-starlette-{release}-uvicorn-{uvicorn}" for python, release, uvicorn in DEPLOYMENTS],
+)
+def deployments(session: nox.Session, starlette: str, uvicorn: str) -> None:
+    """gunicorn 20.1.0 with uvicorn's worker class, uvicorn --workers and --reload, hypercorn's
+    asyncio worker, turned on by STARLETTE_SHIELD_PATCH alone."""
+    anyio = anyio_requirements(starlette, "newest", str(session.python))
+    servers = ["uvicorn" if uvicorn == "newest" else f"uvicorn=={uvicorn}", "hypercorn"]
+    # gunicorn 20.1.0 imports pkg_resources, which the newest setuptools no longer ship.
+    gunicorn = ["gunicorn==20.1.0", "setuptools<70"]
+    session.install(".", f"starlette=={starlette}", *anyio, *servers, *gunicorn, "pytest")
+    pytest(session, "-m", "deployments")
 
 
 # FastAPI releases as pinned in the wild, and the starlette each one pins; from 0.108.0 on FastAPI

@@ -6,6 +6,7 @@ stopped here, within bounded time; clients time out on their own.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -16,9 +17,9 @@ import tempfile
 import time
 from collections import Counter
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 ROOT = Path(__file__).resolve().parent.parent
 CLIENT_TIMEOUT = float(os.environ.get("HARNESS_CLIENT_TIMEOUT", "10"))
@@ -48,6 +49,11 @@ class Server:
     log: str = ""
     stopped_in: float = 0.0
     exit_code: int | None = None
+    state: Path | None = None  # the app's DEMO_STATE_DIR, where each of several workers reports
+    # With several workers: those that started and those that stopped cleanly (lifespan shutdown
+    # complete), by pid, each with whether the shim patched BaseHTTPMiddleware in it and why.
+    started_workers: dict[int, dict[str, Any]] = field(default_factory=dict)
+    stopped_workers: dict[int, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def pid(self) -> int:
@@ -70,6 +76,13 @@ class Server:
     def asgi_errors(self) -> int:
         return len(re.findall(r"Exception in ASGI application|Error in ASGI Framework", self.log))
 
+    def workers(self, event: str) -> dict[int, dict[str, Any]]:
+        """The worker processes that have reported `event` ("started", "stopped") by now
+        (demo.servers_app.record_worker)."""
+        assert self.state, "only a server with several workers keeps a state folder"
+        reports = (json.loads(path.read_text()) for path in self.state.glob(f"{event}-*.json"))
+        return {report["pid"]: report for report in reports}
+
 
 def rss_kib(pid: int) -> int:
     with open(f"/proc/{pid}/status") as status:
@@ -79,23 +92,67 @@ def rss_kib(pid: int) -> int:
     return 0
 
 
-@contextmanager
-def serving(
-    app: str, *, server: str = "uvicorn", shim: bool, loop: str = "asyncio", env: dict[str, str] | None = None
-) -> Iterator[Server]:
-    """Serve `app` ("module:attribute") on a free port; stop it with SIGINT and keep its log."""
-    port = free_port()
+def server_command(
+    app: str,
+    server: str,
+    port: int,
+    loop: str,
+    *,
+    workers: int = 1,
+    preload: bool = False,
+    reload: bool = False,
+) -> list[str]:
+    """The command line (after `python`) that serves `app` as a deployment would: uvicorn, hypercorn,
+    or gunicorn with uvicorn's worker class; several workers where `workers` > 1, gunicorn's
+    --preload, uvicorn's --reload."""
     if server == "uvicorn":
         command = ["-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port), "--loop", loop]
         command += ["--log-level", "warning", "--no-access-log"]
-    else:
+        command += ["--reload", "--reload-dir", str(ROOT / "demo")] if reload else []
+        return command + (["--workers", str(workers)] if workers > 1 else [])
+    if server == "hypercorn":
         command = ["-m", "hypercorn", app, "--bind", f"127.0.0.1:{port}", "--worker-class", loop]
-    environment = clean_environment(
-        {"PYTHONPATH": str(ROOT), "DEMO_SHIM": "1" if shim else "0", **(env or {})}
-    )
-    # The log goes to a file: a pipe nobody reads while the server runs fills up after a few
-    # dozen tracebacks, and the server then blocks in its logging call.
-    with tempfile.TemporaryFile("w+") as log:
+        return command + (["--workers", str(workers)] if workers > 1 else [])
+    assert server == "gunicorn", server
+    command = ["-m", "gunicorn", app, "--bind", f"127.0.0.1:{port}", "--workers", str(workers)]
+    command += ["--worker-class", "uvicorn.workers.UvicornWorker", "--log-level", "warning"]
+    return command + (["--preload"] if preload else [])
+
+
+@contextmanager
+def serving(
+    app: str,
+    *,
+    server: str = "uvicorn",
+    shim: bool,
+    loop: str = "asyncio",
+    env: dict[str, str] | None = None,
+    workers: int = 1,
+    preload: bool = False,
+    reload: bool = False,
+    by_variable: bool = False,
+    arguments: Sequence[str] = (),
+) -> Iterator[Server]:
+    """Serve `app` ("module:attribute") on a free port; stop it and keep its log.
+
+    The shim is turned on by the app's own import (DEMO_SHIM=1) or, `by_variable`, by
+    STARLETTE_SHIELD_PATCH=1 alone. gunicorn is stopped with SIGTERM (what process managers send;
+    its SIGINT is a quick stop), the others with SIGINT. With several workers or --reload the app
+    keeps its counts in a state folder, and serving waits until every worker has started.
+    `arguments` go at the end of the command line.
+    """
+    port = free_port()
+    command = server_command(app, server, port, loop, workers=workers, preload=preload, reload=reload)
+    command += arguments
+    activation = {"STARLETTE_SHIELD_PATCH": "1"} if by_variable and shim else {}
+    demo_shim = "1" if shim and not by_variable else "0"
+    with tempfile.TemporaryDirectory() as state, tempfile.TemporaryFile("w+") as log:
+        several = {"DEMO_STATE_DIR": state} if workers > 1 or reload else {}
+        environment = clean_environment(
+            {"PYTHONPATH": str(ROOT), "DEMO_SHIM": demo_shim, **activation, **several, **(env or {})}
+        )
+        # The log goes to a file: a pipe nobody reads while the server runs fills up after a few
+        # dozen tracebacks, and the server then blocks in its logging call.
         process = subprocess.Popen(
             [sys.executable, *command],
             cwd=ROOT,
@@ -104,13 +161,16 @@ def serving(
             stderr=log,
             text=True,
         )
-        running = Server(port, process)
+        running = Server(port, process, state=Path(state) if several else None)
         try:
             wait_until_listening(running)
+            if running.state:
+                wait_until(lambda: len(running.workers("started")) >= workers, running, "workers started")
+                running.started_workers = running.workers("started")
             yield running
         finally:
             started = time.monotonic()
-            process.send_signal(signal.SIGINT)
+            process.send_signal(signal.SIGTERM if server == "gunicorn" else signal.SIGINT)
             try:
                 process.wait(timeout=15)
             except subprocess.TimeoutExpired:
@@ -119,21 +179,32 @@ def serving(
                 log.write("\n(did not stop within 15 s: killed)\n")
             running.stopped_in = time.monotonic() - started
             running.exit_code = process.returncode
+            if running.state:
+                running.stopped_workers = running.workers("stopped")
             log.seek(0)
             running.log = log.read()
 
 
 def wait_until_listening(server: Server, timeout: float = 30) -> None:
+    def listening() -> bool:
+        try:
+            socket.create_connection(("127.0.0.1", server.port), timeout=0.2).close()
+            return True
+        except OSError:
+            return False
+
+    wait_until(listening, server, f"something listening on 127.0.0.1:{server.port}", timeout)
+
+
+def wait_until(ready: Callable[[], bool], server: Server, what: str, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if server.process.poll() is not None:
             raise RuntimeError(f"the server exited at startup with {server.process.returncode}")
-        try:
-            socket.create_connection(("127.0.0.1", server.port), timeout=0.2).close()
+        if ready():
             return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on 127.0.0.1:{server.port} after {timeout}s")
+        time.sleep(0.05)
+    raise RuntimeError(f"no {what} after {timeout}s")
 
 
 def request_bytes(

@@ -1,10 +1,18 @@
 """The app that the demo, the soak command and the integration tests serve: BaseHTTPMiddleware
 layers (two, or DEMO_LAYERS) over a slow endpoint, a streaming one and one whose response carries
-a background task, as in the bug reports."""
+a background task, as in the bug reports.
+
+Served by several worker processes, it keeps its counts in files under DEMO_STATE_DIR, so that
+/stats and /finished count every worker; each worker also writes there, at lifespan startup,
+whether BaseHTTPMiddleware is patched in it, and at lifespan shutdown that it stopped.
+"""
 
 from __future__ import annotations
 
+import json
 import os
+import sys
+from pathlib import Path
 
 if os.environ.get("DEMO_SHIM") == "1":
     import starlette_shield_patch  # noqa: F401
@@ -19,7 +27,7 @@ from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoin
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 if os.environ.get("DEMO_DUMP"):
     import faulthandler
@@ -29,6 +37,7 @@ if os.environ.get("DEMO_DUMP"):
 
 in_flight = 0  # requests that entered the app and have not left it
 finished_work = 0  # background tasks that ran to their end
+STATE = Path(os.environ["DEMO_STATE_DIR"]) if os.environ.get("DEMO_STATE_DIR") else None
 LAYERS = int(os.environ.get("DEMO_LAYERS", "2"))  # BaseHTTPMiddleware layers; 0.28 - 0.38.2 need 4
 
 
@@ -67,6 +76,9 @@ async def work_after_response(seconds: float, fails: bool) -> None:
     if fails:
         raise ValueError("from the work after the response")
     finished_work += 1
+    if STATE:
+        with open(STATE / "finished", "a") as record:  # one short append: whole, whatever the worker
+            record.write("1\n")
 
 
 async def background(request: Request) -> Response:
@@ -91,10 +103,16 @@ async def hello(request: Request) -> Response:
 
 
 async def stats(request: Request) -> Response:
+    if STATE:
+        every_worker = sum(int(path.read_text() or 0) for path in STATE.glob("in-flight-*"))
+        return PlainTextResponse(f"{every_worker - 1}")
     return PlainTextResponse(f"{in_flight - 1}")  # this request itself does not count
 
 
 async def finished(request: Request) -> Response:
+    if STATE:
+        record = STATE / "finished"
+        return PlainTextResponse(f"{len(record.read_text().splitlines()) if record.exists() else 0}")
     return PlainTextResponse(f"{finished_work}")
 
 
@@ -111,13 +129,51 @@ starlette_app = Starlette(
 )
 
 
-async def app(scope: Scope, receive: Receive, send: Send) -> None:
+def count_in_flight(change: int) -> None:
     global in_flight
+    in_flight += change
+    if STATE:
+        (STATE / f"in-flight-{os.getpid()}").write_text(str(in_flight))
+
+
+def record_worker(event: str) -> None:
+    """What this worker process is: its pid, and whether the shim has patched BaseHTTPMiddleware in
+    it (the app never imports the shim: only STARLETTE_SHIELD_PATCH can have done it)."""
+    assert STATE
+    call = BaseHTTPMiddleware.__dict__["__call__"]
+    shim = sys.modules.get("starlette_shield_patch")
+    worker = {
+        "pid": os.getpid(),
+        "patched": type(call).__name__ != "function",
+        "reason": shim.status().reason if shim else "starlette_shield_patch not imported",
+    }
+    written = STATE / f"{event}-{os.getpid()}.part"
+    written.write_text(json.dumps(worker))
+    written.rename(written.with_suffix(".json"))  # whole or not there, for a reader in another process
+
+
+async def lifespan(scope: Scope, receive: Receive, send: Send) -> None:
+    """Starlette's lifespan, with each worker's start and clean stop on record (DEMO_STATE_DIR)."""
+
+    async def recording_send(message: Message) -> None:
+        if message["type"] == "lifespan.startup.complete":
+            record_worker("started")
+        await send(message)
+        if message["type"] == "lifespan.shutdown.complete":
+            record_worker("stopped")
+
+    await starlette_app(scope, receive, recording_send)
+
+
+async def app(scope: Scope, receive: Receive, send: Send) -> None:
+    if scope["type"] == "lifespan" and STATE:
+        await lifespan(scope, receive, send)
+        return
     if scope["type"] != "http":
         await starlette_app(scope, receive, send)
         return
-    in_flight += 1
+    count_in_flight(+1)
     try:
         await starlette_app(scope, receive, send)
     finally:
-        in_flight -= 1
+        count_in_flight(-1)

@@ -37,6 +37,33 @@ def startup_hook() -> str | None:
     return None
 
 
+# How the servers of 2021-2022 start their workers: what decides whether the shim reaches them.
+SERVERS = {
+    "gunicorn": "workers forked from the master (--preload: after it imported the app)",
+    "uvicorn": "each worker of --workers or --reload a new interpreter",
+    "hypercorn": "each worker of --workers a new interpreter",
+}
+
+
+def workers(would: str, switch: str) -> dict[str, str]:
+    """For each server installed here, by "name version": what its workers will do."""
+    said = {}
+    for server, how in SERVERS.items():
+        release = installed(server)
+        if release is None:
+            continue
+        if not would.startswith("patch"):
+            what = "nothing, as above"
+        elif switch in ARMS_AT_STARTUP:
+            what = f"each patches when it imports starlette, by the {VARIABLE} it inherits"
+            if server == "gunicorn":
+                what += "; set it where gunicorn starts (--env and raw_env come after startup: too late)"
+        else:
+            what = "each patches once the app imports starlette_shield_patch"
+        said[f"{server} {release}"] = f"{how}: {what}"
+    return said
+
+
 def diagnose() -> dict[str, Any]:
     starlette = installed("starlette")
     verdict = affected(starlette) if starlette else None
@@ -70,6 +97,7 @@ def diagnose() -> dict[str, Any]:
         "variable": {"name": VARIABLE, "value": os.environ.get(VARIABLE), "meaning": MEANINGS[switch.kind]},
         "startup_hook": hook,
         "would_do": would,
+        "workers": workers(would, switch.kind),
     }
 
 
@@ -117,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
             (VARIABLE, f"{value}: {variable['meaning']}"),
             ("startup hook", report["startup_hook"] or "not installed"),
             ("the shim would", report["would_do"]),
+            *report["workers"].items(),
         ]
         if "self_test" in report:
             test = report["self_test"]

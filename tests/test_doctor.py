@@ -63,7 +63,7 @@ def test_without_a_self_test_it_reports_and_exits_0(capsys: pytest.CaptureFixtur
     assert doctor.main(["--json"]) == 0
     report: dict[str, Any] = json.loads(capsys.readouterr().out)
 
-    assert text.splitlines()[-1].startswith("the shim would")
+    assert any(line.startswith("the shim would") for line in text.splitlines())
     assert "self_test" not in report and report["starlette"] == starlette.__version__
 
 
@@ -76,3 +76,28 @@ def test_the_self_test_names_an_unexpected_error() -> None:
         return {"type": "http.request", "body": b"", "more_body": False}
 
     assert _selftest._request(endpoint, layers=1, client=client) == "KeyError"
+
+
+@pytest.mark.parametrize(
+    ("would", "switch", "said"),
+    [
+        ("nothing: starlette is not installed", "on", "nothing, as above"),
+        (
+            "patch BaseHTTPMiddleware.__call__ in every process",
+            "on",
+            "by the STARLETTE_SHIELD_PATCH it inherits",
+        ),
+        ("patch BaseHTTPMiddleware.__call__ once", "unset", "once the app imports starlette_shield_patch"),
+    ],
+    ids=["nothing", "variable", "import"],
+)
+def test_the_doctor_says_what_the_workers_of_each_installed_server_do(
+    monkeypatch: pytest.MonkeyPatch, would: str, switch: str, said: str
+) -> None:
+    monkeypatch.setattr(doctor, "installed", lambda name: "20.1.0" if name == "gunicorn" else None)
+
+    workers = doctor.workers(would, switch)
+
+    assert list(workers) == ["gunicorn 20.1.0"]
+    assert workers["gunicorn 20.1.0"].startswith("workers forked from the master")
+    assert said in workers["gunicorn 20.1.0"]
