@@ -27,12 +27,14 @@ EDGE_PYTHONS = ["3.8", "3.13"]
 # release, and the last release of the second range that still installs on 3.7.
 OLDEST_PYTHON = "3.7"
 ON_OLDEST_PYTHON = [CANCELLING[0], CANCELLING[-1], "0.29.0"]
+# The other Pythons that the package says it runs on (setup.cfg): one session each.
+BETWEEN_PYTHONS = ["3.9", "3.10", "3.12"]
 
 
 def _pyenv_interpreters_on_path() -> None:
     """Let nox find pyenv's interpreters when they are not on PATH (pyenv's shims refuse)."""
     root = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv"))
-    for version in [MAIN_PYTHON, *EDGE_PYTHONS, OLDEST_PYTHON]:
+    for version in [MAIN_PYTHON, *EDGE_PYTHONS, OLDEST_PYTHON, *BETWEEN_PYTHONS]:
         for bindir in sorted(glob.glob(str(root / "versions" / f"{version}.*" / "bin")))[-1:]:
             os.environ["PATH"] = bindir + os.pathsep + os.environ["PATH"]
 
@@ -79,6 +81,7 @@ def matrix() -> list[tuple[str, str, str]]:
     rows += [(EDGE_PYTHONS[-1], "newest", "newest")]
     rows += [(OLDEST_PYTHON, release, which) for release in ON_OLDEST_PYTHON[:2] for which in both]
     rows += [(OLDEST_PYTHON, ON_OLDEST_PYTHON[-1], "newest")]
+    rows += [(python, CANCELLING[-1], "newest") for python in BETWEEN_PYTHONS]
     return rows
 
 
@@ -99,7 +102,7 @@ def tests(session: nox.Session, starlette: str, anyio: str) -> None:
     # built on the first and last affected release and on the unaffected ones, and on 3.7.
     full = (CANCELLING[0], CANCELLING[-1], FOUR_LAYERS[-1], *UNAFFECTED)
     venvs = (python == MAIN_PYTHON and starlette in full) or python == OLDEST_PYTHON
-    others = "servers or deployments or fastapi or neighbours" + ("" if venvs else " or venvs")
+    others = "servers or deployments or packaging or fastapi or neighbours" + ("" if venvs else " or venvs")
     pytest(session, "-m", f"not ({others})")
 
 
@@ -134,7 +137,9 @@ def deployments(session: nox.Session, starlette: str, uvicorn: str) -> None:
     """gunicorn 20.1.0 with uvicorn's worker class, uvicorn --workers and --reload, hypercorn's
     asyncio worker, turned on by STARLETTE_SHIELD_PATCH alone."""
     anyio = anyio_requirements(starlette, "newest", str(session.python))
-    servers = ["uvicorn" if uvicorn == "newest" else f"uvicorn=={uvicorn}", "hypercorn"]
+    # hypercorn 0.15.0 says it runs on 3.7 but imports typing.Literal (3.8): 0.14.4 is 3.7's last.
+    hypercorn = "hypercorn<0.15" if session.python == OLDEST_PYTHON else "hypercorn"
+    servers = ["uvicorn" if uvicorn == "newest" else f"uvicorn=={uvicorn}", hypercorn]
     # gunicorn 20.1.0 imports pkg_resources, which the newest setuptools no longer ship.
     gunicorn = ["gunicorn==20.1.0", "setuptools<70"]
     session.install(".", f"starlette=={starlette}", *anyio, *servers, *gunicorn, "pytest")
@@ -203,6 +208,15 @@ def lint(session: nox.Session) -> None:
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
     session.run("mypy")
+
+
+@nox.session(python=MAIN_PYTHON)
+def packaging(session: nox.Session) -> None:
+    """The sdist and the wheel as `python -m build` makes them for an upload: twine check --strict,
+    their file lists, the metadata, a wheel from the sdist that works as the one from the tree."""
+    session.install(".", f"starlette=={CANCELLING[-1]}", *anyio_requirements(CANCELLING[-1], "newest"))
+    session.install("build", "twine", "pytest", "uv")
+    pytest(session, "-m", "packaging")
 
 
 @nox.session(python=MAIN_PYTHON)

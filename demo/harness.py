@@ -163,7 +163,11 @@ def serving(
         )
         running = Server(port, process, state=Path(state) if several else None)
         try:
-            wait_until_listening(running)
+            try:
+                wait_until_listening(running)
+            except ServerExited as exited:
+                log.seek(0)
+                raise ServerExited(f"{exited}; its log:\n{log.read()}") from None
             if running.state:
                 wait_until(lambda: len(running.workers("started")) >= workers, running, "workers started")
                 running.started_workers = running.workers("started")
@@ -185,6 +189,10 @@ def serving(
             running.log = log.read()
 
 
+class ServerExited(RuntimeError):
+    pass
+
+
 def wait_until_listening(server: Server, timeout: float = 30) -> None:
     def listening() -> bool:
         try:
@@ -200,7 +208,7 @@ def wait_until(ready: Callable[[], bool], server: Server, what: str, timeout: fl
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if server.process.poll() is not None:
-            raise RuntimeError(f"the server exited at startup with {server.process.returncode}")
+            raise ServerExited(f"the server exited at startup with {server.process.returncode}")
         if ready():
             return
         time.sleep(0.05)

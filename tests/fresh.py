@@ -1,9 +1,11 @@
-"""Run code in a fresh interpreter: import-time behaviour is never tested by reloading modules."""
+"""Run code in a fresh interpreter or a fresh venv: import-time behaviour is never tested by
+reloading modules."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -17,7 +19,7 @@ if sys.version_info >= (3, 8):
 else:  # the backport, which the package needs on Python 3.7 too
     from importlib_metadata import version
 
-__all__ = ["ROOT", "only_json_line", "run_fresh", "version"]
+__all__ = ["ROOT", "copy_of_the_sources", "make_venv", "only_json_line", "run_fresh", "uv", "version"]
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -70,3 +72,35 @@ def only_json_line(result: subprocess.CompletedProcess[str]) -> dict[str, Any]:
     assert len(lines) == 1, result.stdout
     report: dict[str, Any] = json.loads(lines[0])
     return report
+
+
+def uv(*arguments: str) -> None:
+    """uv from PATH: scripts/test puts its own there (uv does not install on Python 3.7)."""
+    program = shutil.which("uv")
+    assert program, "these tests make venvs with uv: put it on PATH (scripts/bootstrap does)"
+    subprocess.run([program, *arguments], check=True, capture_output=True, timeout=300)
+
+
+def make_venv(where: Path, *install: str) -> Path:
+    """A venv of this Python with `install` and this venv's starlette and anyio; measured by
+    coverage where this session is."""
+    uv("venv", "--quiet", "--python", sys.executable, str(where))
+    python = where / "bin" / "python"
+    pins = [f"starlette=={version('starlette')}", f"anyio=={version('anyio')}"]
+    measured = ["coverage[toml]"] if "COVERAGE_PROCESS_START" in os.environ else []
+    uv("pip", "install", "--quiet", "--python", str(python), *install, *pins, *measured)
+    if measured:  # the session measures coverage: so does every process of this venv (noxfile.py)
+        purelib = "import sysconfig; print(sysconfig.get_paths()['purelib'])"
+        site_packages = subprocess.run([str(python), "-c", purelib], capture_output=True, text=True).stdout
+        Path(site_packages.strip(), "coverage_subprocess.pth").write_text(
+            "import coverage; coverage.process_startup()\n"
+        )
+    return python
+
+
+def copy_of_the_sources(where: Path) -> Path:
+    """A copy of the sources to build from: setuptools' build/ folder in the tree keeps modules that
+    the sources no longer have, and would slip them into the wheel."""
+    skip = shutil.ignore_patterns(".*", "build", "dist", "*.egg-info", "__pycache__")
+    shutil.copytree(ROOT, where, ignore=skip)
+    return where

@@ -6,7 +6,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +13,7 @@ import pytest
 
 from demo.harness import clean_environment
 from tests.asgi import BODY_ENDS_AT_LAST_MESSAGE, STARLETTE_AFFECTED, STARLETTE_CANCELS, STARLETTE_HAS_ANYIO
-from tests.fresh import ROOT, only_json_line, version
+from tests.fresh import ROOT, copy_of_the_sources, make_venv, only_json_line, uv, version
 
 pytestmark = [
     pytest.mark.venvs,
@@ -40,35 +39,10 @@ print(json.dumps({"at_startup": before, "clean": outcome.clean,
 """
 
 
-def uv(*arguments: str) -> None:
-    """uv from PATH: scripts/test puts its own there (uv does not install on Python 3.7)."""
-    program = shutil.which("uv")
-    assert program, "these tests make venvs with uv: put it on PATH (scripts/bootstrap does)"
-    subprocess.run([program, *arguments], check=True, capture_output=True, timeout=300)
-
-
-def make_venv(where: Path, *install: str) -> Path:
-    uv("venv", "--quiet", "--python", sys.executable, str(where))
-    python = where / "bin" / "python"
-    pins = [f"starlette=={version('starlette')}", f"anyio=={version('anyio')}"]
-    measured = ["coverage[toml]"] if "COVERAGE_PROCESS_START" in os.environ else []
-    uv("pip", "install", "--quiet", "--python", str(python), *install, *pins, *measured)
-    if measured:  # the session measures coverage: so does every process of this venv (noxfile.py)
-        purelib = "import sysconfig; print(sysconfig.get_paths()['purelib'])"
-        site_packages = subprocess.run([str(python), "-c", purelib], capture_output=True, text=True).stdout
-        Path(site_packages.strip(), "coverage_subprocess.pth").write_text(
-            "import coverage; coverage.process_startup()\n"
-        )
-    return python
-
-
 @pytest.fixture(scope="session")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The wheel, built from a copy of the tracked sources: setuptools' build/ folder in the tree
-    keeps modules that the sources no longer have, and would slip them into the wheel."""
-    source = tmp_path_factory.mktemp("source") / "tree"
-    skip = shutil.ignore_patterns(".*", "build", "dist", "*.egg-info", "__pycache__")
-    shutil.copytree(ROOT, source, ignore=skip)
+    """The wheel, built from a copy of the sources (tests.fresh.copy_of_the_sources says why)."""
+    source = copy_of_the_sources(tmp_path_factory.mktemp("source") / "tree")
     out = tmp_path_factory.mktemp("wheel")
     uv("build", "--quiet", "--wheel", "--out-dir", str(out), str(source))
     return next(out.glob("starlette_shield_patch-*.whl"))
