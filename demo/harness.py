@@ -21,6 +21,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
+# Installed versions, for the tests and the demos (re-exported: `as version`).
+if sys.version_info >= (3, 8):
+    from importlib.metadata import version as version  # novermin (3.8 and later only)
+else:  # the backport, which the package needs on Python 3.7 too
+    from importlib_metadata import version as version
+
 ROOT = Path(__file__).resolve().parent.parent
 CLIENT_TIMEOUT = float(os.environ.get("HARNESS_CLIENT_TIMEOUT", "10"))
 # "    | anyio.EndOfStream", "RuntimeError: No response returned.", "h11._util.LocalProtocolError: ..."

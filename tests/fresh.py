@@ -12,12 +12,7 @@ import textwrap
 from pathlib import Path
 from typing import Any, Sequence
 
-from demo.harness import clean_environment
-
-if sys.version_info >= (3, 8):
-    from importlib.metadata import version  # novermin (3.8 and later only)
-else:  # the backport, which the package needs on Python 3.7 too
-    from importlib_metadata import version
+from demo.harness import clean_environment, version
 
 __all__ = ["ROOT", "copy_of_the_sources", "make_venv", "only_json_line", "run_fresh", "uv", "version"]
 

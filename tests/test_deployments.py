@@ -12,34 +12,20 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from demo.harness import Server, drain, exchange, leave_after, request_bytes, serving, work_after_response
+from demo.deployments import DEPLOYMENTS, STAYING, run
+from demo.harness import Server, serving
 from tests.asgi import STARLETTE_CANCELS
 from tests.fresh import ROOT
 
 pytestmark = [
     pytest.mark.deployments,
     pytest.mark.skipif(not STARLETTE_CANCELS, reason="the deployments sessions run 0.15.0 and 0.20.4"),
-]
-
-# How each deployment is started: the keyword arguments of demo.harness.serving.
-DEPLOYMENTS: dict[str, dict[str, Any]] = {
-    "gunicorn-uvicorn-worker": {"server": "gunicorn", "workers": 2},
-    "gunicorn-uvicorn-worker-preload": {"server": "gunicorn", "workers": 2, "preload": True},
-    "uvicorn-workers": {"server": "uvicorn", "workers": 2},
-    "uvicorn-reload": {"server": "uvicorn", "reload": True},
-    "hypercorn-asyncio-workers": {"server": "hypercorn", "loop": "asyncio", "workers": 2},
-}
-WORK = 0.3  # seconds of background work per response
-LEAVING = [
-    request_bytes("POST", "/slow", b"hello", declared=10),  # leaves before its body is complete
-    request_bytes("GET", "/hello?work=0.2", b""),  # leaves while the endpoint works
 ]
 
 
@@ -68,36 +54,22 @@ def assert_every_worker_stopped_cleanly(server: Server, kind: str) -> None:
 def test_clients_leave_mid_request_and_work_follows_the_response(deployment: str, variable: str) -> None:
     """20 clients leave mid-request while 6 stay, then 10 ask for a streamed response that carries
     0.3 s of background work; then the server is stopped as a process manager stops it."""
-    settings = DEPLOYMENTS[deployment]
-    with serving("demo.servers_app:app", shim=variable == "set", by_variable=True, **settings) as server:
-        leaving = [
-            threading.Thread(target=leave_after, args=(server.port, payload, 0.05))
-            for payload in LEAVING
-            for _ in range(10)
-        ]
-        for thread in leaving:
-            thread.start()
-        staying = [exchange(server.port, request_bytes("POST", "/slow?work=0.1", b"stay")) for _ in range(6)]
-        for thread in leaving:
-            thread.join(timeout=15)
-        left = drain(server.port)
-        after = work_after_response(server.port, work=WORK, stream=True)
+    outcome = run(deployment, variable == "set")
 
-    workers = server.started_workers
-    assert len(workers) == settings.get("workers", 1), server.log
+    server, workers = outcome.server, outcome.server.started_workers
+    assert len(workers) == DEPLOYMENTS[deployment].get("workers", 1), server.log
     assert all(worker["patched"] is (variable == "set") for worker in workers.values()), workers
     # Without the shim the work is cancelled once the response is over (starlette#1438) or, before
     # 0.20.1, it holds the end of the streamed response back until it is done (starlette#919).
-    work_follows_the_response = after.finished == after.clients and after.slowest_answer < WORK
-    assert work_follows_the_response is (variable == "set"), after
+    assert outcome.work_follows_the_response is (variable == "set"), outcome.after
     if variable == "unset":
         assert server.no_response_returned >= 1, server.log
     else:
         assert not server.exceptions() and server.asgi_errors == 0, server.log
-    assert all(answer.startswith(b"HTTP/1.1 200") and answer.endswith(b"done stay") for answer in staying)
-    assert after.answered == after.clients, after
-    assert left == 0 and after.left_in_flight == 0
-    assert_every_worker_stopped_cleanly(server, settings["server"])
+    assert outcome.staying_answered == STAYING
+    assert outcome.after.answered == outcome.after.clients, outcome.after
+    assert outcome.left_in_flight == 0 and outcome.after.left_in_flight == 0
+    assert_every_worker_stopped_cleanly(server, DEPLOYMENTS[deployment]["server"])
 
 
 @pytest.mark.parametrize(
