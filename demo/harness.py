@@ -55,9 +55,9 @@ class Server:
     log: str = ""
     stopped_in: float = 0.0
     exit_code: int | None = None
-    state: Path | None = None  # the app's DEMO_STATE_DIR, where each of several workers reports
-    # With several workers: those that started and those that stopped cleanly (lifespan shutdown
-    # complete), by pid, each with whether the shim patched BaseHTTPMiddleware in it and why.
+    state: Path | None = None  # the app's DEMO_STATE_DIR, where each worker reports (serving says when)
+    # With a state folder: the workers that started and those that stopped cleanly (lifespan
+    # shutdown complete), by pid, each with whether the shim patched BaseHTTPMiddleware in it and why.
     started_workers: dict[int, dict[str, Any]] = field(default_factory=dict)
     stopped_workers: dict[int, dict[str, Any]] = field(default_factory=dict)
 
@@ -85,7 +85,7 @@ class Server:
     def workers(self, event: str) -> dict[int, dict[str, Any]]:
         """The worker processes that have reported `event` ("started", "stopped") by now
         (demo.servers_app.record_worker)."""
-        assert self.state, "only a server with several workers keeps a state folder"
+        assert self.state, "only a server with several workers or --reload keeps a state folder"
         reports = (json.loads(path.read_text()) for path in self.state.glob(f"{event}-*.json"))
         return {report["pid"]: report for report in reports}
 
