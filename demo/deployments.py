@@ -37,8 +37,11 @@ DEPLOYMENTS: dict[str, dict[str, Any]] = {
 WORK = 0.3  # seconds of background work per streamed answer
 LEAVING = [
     request_bytes("POST", "/slow", b"hello", declared=10),  # leaves before its body is complete
-    request_bytes("GET", "/hello?work=0.2", b""),  # leaves while the endpoint works
+    request_bytes("GET", "/hello?work=0.5", b""),  # leaves while the endpoint works
 ]
+# A client that leaves sooner can be gone (its close resets the connection) before a busy worker
+# has read its request: then the app never sees it. At 0.2 s the endpoint still has 0.3 s to go.
+LEAVE_AFTER = 0.2
 LEAVING_EACH, STAYING = 10, 6
 
 
@@ -62,12 +65,12 @@ class Run:
 
 
 def run(deployment: str, variable: bool) -> Run:
-    """20 clients leave mid-request while 6 stay, then 10 ask for a streamed answer that carries
-    0.3 s of background work."""
+    """20 clients leave mid-request (0.2 s after sending) while 6 stay, then 10 ask for a streamed
+    answer that carries 0.3 s of background work."""
     settings = DEPLOYMENTS[deployment]
     with serving("demo.servers_app:app", shim=variable, by_variable=True, **settings) as server:
         leaving = [
-            threading.Thread(target=leave_after, args=(server.port, payload, 0.05))
+            threading.Thread(target=leave_after, args=(server.port, payload, LEAVE_AFTER))
             for payload in LEAVING
             for _ in range(LEAVING_EACH)
         ]
