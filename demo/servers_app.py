@@ -104,7 +104,7 @@ async def hello(request: Request) -> Response:
 
 async def stats(request: Request) -> Response:
     if STATE:
-        every_worker = sum(int(path.read_text() or 0) for path in STATE.glob("in-flight-*"))
+        every_worker = sum(int(path.read_text()) for path in STATE.glob("in-flight-*"))
         return PlainTextResponse(f"{every_worker - 1}")
     return PlainTextResponse(f"{in_flight - 1}")  # this request itself does not count
 
@@ -129,11 +129,20 @@ starlette_app = Starlette(
 )
 
 
+def write_whole(path: Path, text: str) -> None:
+    """Write `path` so that a reader in another process finds the old text or the new, never an
+    empty or half-written file (write_text truncates first: /stats read such a file as 0 requests
+    in flight, and the tests counted background work before it had finished)."""
+    part = path.with_name(f".{path.name}.part")  # a name that no reader's glob matches
+    part.write_text(text)
+    part.replace(path)
+
+
 def count_in_flight(change: int) -> None:
     global in_flight
     in_flight += change
     if STATE:
-        (STATE / f"in-flight-{os.getpid()}").write_text(str(in_flight))
+        write_whole(STATE / f"in-flight-{os.getpid()}", str(in_flight))
 
 
 def record_worker(event: str) -> None:
@@ -147,9 +156,7 @@ def record_worker(event: str) -> None:
         "patched": type(call).__name__ != "function",
         "reason": shim.status().reason if shim else "starlette_shield_patch not imported",
     }
-    written = STATE / f"{event}-{os.getpid()}.part"
-    written.write_text(json.dumps(worker))
-    written.rename(written.with_suffix(".json"))  # whole or not there, for a reader in another process
+    write_whole(STATE / f"{event}-{os.getpid()}.json", json.dumps(worker))
 
 
 async def lifespan(scope: Scope, receive: Receive, send: Send) -> None:
