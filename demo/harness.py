@@ -55,6 +55,7 @@ class Server:
     log: str = ""
     stopped_in: float = 0.0
     exit_code: int | None = None
+    served_log: int = 0  # the length of the log when the server was told to stop
     state: Path | None = None  # the app's DEMO_STATE_DIR, where each worker reports (serving says when)
     # With a state folder: the workers that started and those that stopped cleanly (lifespan
     # shutdown complete), by pid, each with whether the shim patched BaseHTTPMiddleware in it and why.
@@ -65,10 +66,11 @@ class Server:
     def pid(self) -> int:
         return self.process.pid
 
-    def exceptions(self) -> Counter[str]:
-        """The exceptions the server logged, by type: the last line of each traceback."""
+    def exceptions(self, *, while_serving: bool = False) -> Counter[str]:
+        """The exceptions the server logged, by type: the last line of each traceback; with
+        `while_serving`, only those logged before it was told to stop."""
         found: Counter[str] = Counter()
-        for line in self.log.splitlines():
+        for line in (self.log[: self.served_log] if while_serving else self.log).splitlines():
             match = EXCEPTION_LINE.match(line)
             if match:
                 found[match.group(1).rsplit(".", 1)[-1]] += 1
@@ -179,6 +181,7 @@ def serving(
                 running.started_workers = running.workers("started")
             yield running
         finally:
+            running.served_log = log.seek(0, os.SEEK_END)
             started = time.monotonic()
             process.send_signal(signal.SIGTERM if server == "gunicorn" else signal.SIGINT)
             try:

@@ -44,6 +44,9 @@ def assert_every_worker_stopped_cleanly(server: Server, kind: str) -> None:
         # hypercorn's master (0.18.0 run.py) terminates the other workers once the first has
         # exited, often before their lifespan shutdown completes: seen here in 0 to 14 of 20
         # stops, batch by batch, with and without the shim alike. The first worker always completes it.
+        # And 0.14.4's worker cancels its lifespan task, then awaits it: when the task had not
+        # ended yet, the worker's process ends with a CancelledError traceback (Python 3.7, where
+        # that is an Exception; seen once in a full run, under load).
         assert server.stopped_workers and set(server.stopped_workers) <= set(server.started_workers)
     else:
         assert set(server.stopped_workers) == set(server.started_workers), server.log
@@ -65,7 +68,11 @@ def test_clients_leave_mid_request_and_work_follows_the_response(deployment: str
     if variable == "unset":
         assert server.no_response_returned >= 1, server.log
     else:
-        assert not server.exceptions() and server.asgi_errors == 0, server.log
+        # hypercorn's own stop may log one (see assert_every_worker_stopped_cleanly): there the
+        # exceptions logged while it served are what counts.
+        kind = DEPLOYMENTS[deployment]["server"]
+        assert not server.exceptions(while_serving=kind == "hypercorn"), server.log
+        assert server.asgi_errors == 0, server.log
     assert outcome.staying_answered == STAYING
     assert outcome.after.answered == outcome.after.clients, outcome.after
     assert outcome.left_in_flight == 0 and outcome.after.left_in_flight == 0
