@@ -40,7 +40,13 @@ VALUES = (
     Value(
         "start-only",
         ("start-only",),
-        "as on, with the response-start fix alone: work after the response is cancelled, as unpatched",
+        "as on, with the response-start fix alone: work after the response is cancelled and errors "
+        "come out as the release makes them, as unpatched",
+    ),
+    Value(
+        "without-errors",
+        ("without-errors",),
+        "as on, without the errors fix: errors come out of a layer as the release makes them",
     ),
     Value(
         "off",
@@ -52,7 +58,7 @@ VALUES = (
 )
 MEANINGS = {value.kind: value.meaning for value in VALUES}
 ACCEPTED = ", ".join(spelling for value in VALUES[1:] for spelling in value.spellings) + ", or unset"
-ARMS_AT_STARTUP = ("on", "start-only", "force")
+ARMS_AT_STARTUP = ("on", "start-only", "without-errors", "force")
 IMPORT = "import starlette_shield_patch"  # the activation that the variable may take over
 
 running = False  # True while the startup hook imports the package
@@ -74,12 +80,13 @@ class Activation:
     """What one activation (an import, apply(), the startup hook) does, once the variable is read."""
 
     # A slotted class, not a NamedTuple: `collections` and `typing` cost milliseconds to import.
-    __slots__ = ("after_response", "force", "go_ahead", "via")
+    __slots__ = ("after_response", "errors", "force", "go_ahead", "via")
 
-    def __init__(self, *, go_ahead: bool, force: bool, after_response: bool, via: str) -> None:
+    def __init__(self, *, go_ahead: bool, force: bool, after_response: bool, errors: bool, via: str) -> None:
         self.go_ahead = go_ahead  # False: the kill switch
         self.force = force  # patch whatever the starlette version
         self.after_response = after_response  # the after-response fix as well as the start fix
+        self.errors = errors  # the errors fix as well
         self.via = via  # how it was activated, for status() and the log
 
 
@@ -106,13 +113,17 @@ def warn_if_invalid(switch: Switch) -> None:
     )
 
 
-def decide(*, force: bool, after_response: bool, via: str) -> Activation:
+def decide(*, force: bool, after_response: bool, errors: bool, via: str) -> Activation:
     """What an activation asked for `via` does, given the variable (which wins over arguments)."""
     switch = read_switch()
     warn_if_invalid(switch)
     if switch.kind == "off":
         return Activation(
-            go_ahead=False, force=force, after_response=after_response, via=f"{VARIABLE}={switch.raw}"
+            go_ahead=False,
+            force=force,
+            after_response=after_response,
+            errors=errors,
+            via=f"{VARIABLE}={switch.raw}",
         )
     if switch.kind in ARMS_AT_STARTUP and via == IMPORT:
         # The import that the startup hook made, or an import in a process the variable arms.
@@ -122,6 +133,7 @@ def decide(*, force: bool, after_response: bool, via: str) -> Activation:
         go_ahead=True,
         force=force or switch.kind == "force",
         after_response=after_response and switch.kind != "start-only",
+        errors=errors and switch.kind not in ("start-only", "without-errors"),
         via=via,
     )
 

@@ -32,14 +32,14 @@ def backend(request: pytest.FixtureRequest) -> str:
 
 
 @contextmanager
-def shim_state(applied: bool, *, after_response: bool = True) -> Iterator[None]:
+def shim_state(applied: bool, *, after_response: bool = True, errors: bool = True) -> Iterator[None]:
     """The shim applied (guard as usual) or not for the block; always removed afterwards."""
     from tests.asgi import STARLETTE_AFFECTED  # imports starlette, so apply() patches at once
 
     starlette_shield_patch.remove()
     try:
         if applied:
-            starlette_shield_patch.apply(after_response=after_response)
+            starlette_shield_patch.apply(after_response=after_response, errors=errors)
             assert starlette_shield_patch.status().patched is STARLETTE_AFFECTED
         yield
     finally:
@@ -48,8 +48,11 @@ def shim_state(applied: bool, *, after_response: bool = True) -> Iterator[None]:
 
 @contextmanager
 def shim_named(name: str) -> Iterator[str]:
-    """The shim as named: unpatched, patched (both fixes), start-only (the response-start fix)."""
-    with shim_state(name != "unpatched", after_response=name != "start-only"):
+    """The shim as named: unpatched, patched (every fix), start-only (the response-start fix),
+    without-errors (every fix but the errors fix)."""
+    after_response = name != "start-only"
+    errors = name not in ("start-only", "without-errors")
+    with shim_state(name != "unpatched", after_response=after_response, errors=errors):
         yield name
 
 

@@ -37,6 +37,8 @@ def startup_hook() -> str | None:
     return None
 
 
+NO_ERRORS = ("start-only", "without-errors")  # the values of the variable without the errors fix
+
 # How the servers of 2021-2022 start their workers: what decides whether the shim reaches them.
 SERVERS = {
     "gunicorn": "workers forked from the master (--preload: after it imported the app)",
@@ -66,7 +68,8 @@ def workers(would: str, switch: str) -> dict[str, str]:
 
 def diagnose() -> dict[str, Any]:
     starlette = installed("starlette")
-    verdict = affected(starlette) if starlette else None
+    anyio = installed("anyio")
+    verdict = affected(starlette, int(anyio.split(".")[0]) if anyio else 4) if starlette else None
     switch = read_switch()
     hook = startup_hook()
     if starlette is None:
@@ -82,14 +85,15 @@ def diagnose() -> dict[str, Any]:
     else:
         would = "patch BaseHTTPMiddleware.__call__ once the app imports starlette_shield_patch"
     if would.startswith("patch"):
-        # Only releases that cancel their inner app (0.15 - 0.20) get the after-response fix.
-        cancels = verdict is not None and verdict.cancels_inner_app
-        fixes = _patch.fixes_for(after_response=switch.kind != "start-only" and cancels)
-        would += f", with the fixes: {', '.join(fixes)}"
+        # The fixes this release needs (with this anyio), less those the variable turns off.
+        kind = switch.kind
+        wanted = _patch.wanted_fixes(after_response=kind != "start-only", errors=kind not in NO_ERRORS)
+        needed = verdict.fixes if verdict is not None and verdict.affected else (_patch.RESPONSE_START,)
+        would += f", with the fixes: {', '.join(fix for fix in needed if fix in wanted)}"
     return {
         "python": f"{platform.python_version()} ({sys.executable})",
         "starlette": starlette,
-        "anyio": installed("anyio"),
+        "anyio": anyio,
         "wrapt": installed("wrapt"),
         "affected": verdict.affected if verdict else None,
         "affected_range": AFFECTED_RANGE_TEXT,

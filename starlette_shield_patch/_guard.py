@@ -1,9 +1,11 @@
-"""The one place that decides whether a starlette release needs the shim."""
+"""The one place that decides whether a starlette release needs the shim, and which pieces of it."""
 
 from __future__ import annotations
 
 import re
 from typing import NamedTuple
+
+from ._patch import AFTER_RESPONSE, ERRORS, FIXES, RESPONSE_START
 
 
 class AffectedRange(NamedTuple):
@@ -13,9 +15,6 @@ class AffectedRange(NamedTuple):
     fixed: tuple[int, int, int]
     issue: str  # the upstream issue
     fix: str  # the upstream pull request that fixed it
-    # The layer cancels its inner app once its response is sent (starlette#1438): the
-    # after-response fix applies.
-    cancels_inner_app: bool
 
     @property
     def text(self) -> str:
@@ -26,12 +25,55 @@ class AffectedRange(NamedTuple):
 AFFECTED_RANGES = (
     # starlette#1157 (0.15.0) moved BaseHTTPMiddleware onto anyio; #1715 (0.21.0) stopped
     # cancelling the inner app, which fixed "No response returned." on disconnect too.
-    AffectedRange((0, 15, 0), (0, 21, 0), "starlette#1634", "starlette#1715", cancels_inner_app=True),
+    AffectedRange((0, 15, 0), (0, 21, 0), "starlette#1634", "starlette#1715"),
     # #1692 (0.28.0, the request body cache) brought the error back for four or more layers;
     # #2620 (0.38.3) stopped call_next's response from listening for the disconnect.
-    AffectedRange((0, 28, 0), (0, 38, 3), "starlette#2516", "starlette#2620", cancels_inner_app=False),
+    AffectedRange((0, 28, 0), (0, 38, 3), "starlette#2516", "starlette#2620"),
 )
 AFFECTED_RANGE_TEXT = " and ".join(affected_range.text for affected_range in AFFECTED_RANGES)
+FIRST, SECOND = AFFECTED_RANGES
+
+
+class Piece(NamedTuple):
+    """One piece of the request path: the fix it belongs to and the releases (and anyio) that need it."""
+
+    name: str
+    fix: str
+    first: tuple[int, int, int]
+    fixed: tuple[int, int, int]  # first <= release < fixed
+    anyio: int  # only with this anyio major; 0: with any
+    why: str
+
+
+# The one table: which releases, with which anyio, need which piece. Each piece is one piece of
+# code in _shield.py, under the same name; the fixes a user turns off take their pieces with them.
+PIECES = (
+    Piece("start-first", RESPONSE_START, FIRST.first, FIRST.fixed, 0, "starlette#1634"),
+    Piece("start-first", RESPONSE_START, SECOND.first, SECOND.fixed, 0, "starlette#2516"),
+    # 0.15.0 and 0.16.0 do not capture the inner app's errors: a send that fails because the layer
+    # stopped reading its body (BrokenResourceError) would end the whole request.
+    Piece("drop-broken-send", RESPONSE_START, (0, 15, 0), (0, 17, 0), 0, "starlette#1262"),
+    Piece("finish-runs", AFTER_RESPONSE, FIRST.first, FIRST.fixed, 0, "starlette#1438"),
+    # call_next raises the inner app's own error, not "No response returned." beside it (0.17.0).
+    Piece("own-error", ERRORS, (0, 15, 0), (0, 17, 0), 0, "starlette#1262"),
+    # A streamed body that fails mid-body raises its error (0.19.0).
+    Piece("body-error", ERRORS, (0, 15, 0), (0, 19, 0), 0, "starlette#1459"),
+    # anyio 4 task groups wrap every error in an ExceptionGroup, one level per layer (0.31.0).
+    Piece("collapse-groups", ERRORS, (0, 19, 0), FIRST.fixed, 4, "starlette#2211"),
+    Piece("collapse-groups", ERRORS, SECOND.first, (0, 31, 0), 4, "starlette#2211"),
+    # An error raised after the response reaches the server (0.46.0); on 0.15 - 0.20 the runs
+    # that finish after the response keep theirs already.
+    Piece("late-error", ERRORS, (0, 29, 0), SECOND.fixed, 0, "starlette#2812"),
+    # anyio 4 warns about the memory streams that call_next leaves open on an error (0.45.1).
+    Piece("close-streams", ERRORS, (0, 19, 0), FIRST.fixed, 4, "starlette#2813"),
+    Piece("close-streams", ERRORS, SECOND.first, SECOND.fixed, 4, "starlette#2813"),
+)
+
+
+def forced_pieces() -> tuple[Piece, ...]:
+    """What apply(force=True) runs outside the ranges: the response start fix alone."""
+    return PIECES[:1]
+
 
 # The release segment of a PEP 440 version; pre, post, dev and local parts are ignored, so
 # "0.20.4.post1" and "0.20.4+corp.1" count as 0.20.4 and "0.21.0rc1" as 0.21.0 (it carries the fix).
@@ -41,15 +83,17 @@ _RELEASE = re.compile(
 
 
 class Verdict(NamedTuple):
-    """Whether a starlette version needs the shim, and why."""
+    """Whether a starlette version needs the shim, why, and the pieces it needs with that anyio."""
 
     affected: bool
     reason: str
     readable: bool = True
-    # 0.17.0 began to capture the inner app's errors in call_next; 0.15.0 and 0.16.0 let a send
-    # after the layer stopped reading its body (BrokenResourceError) end the whole request.
-    captures_inner_errors: bool = True
-    cancels_inner_app: bool = False  # see AffectedRange
+    pieces: tuple[Piece, ...] = ()
+
+    @property
+    def fixes(self) -> tuple[str, ...]:
+        """The fixes this release needs, in the order of FIXES."""
+        return tuple(fix for fix in FIXES if any(piece.fix == fix for piece in self.pieces))
 
 
 def parse_release(version: str) -> tuple[int, int, int] | None:
@@ -61,7 +105,14 @@ def parse_release(version: str) -> tuple[int, int, int] | None:
     return int(major), int(minor or 0), int(micro or 0)
 
 
-def affected(version: str | None) -> Verdict:
+def pieces_for(release: tuple[int, int, int], anyio_major: int) -> tuple[Piece, ...]:
+    """The pieces of PIECES that a release needs with an anyio major version."""
+    return tuple(
+        piece for piece in PIECES if piece.first <= release < piece.fixed and piece.anyio in (0, anyio_major)
+    )
+
+
+def affected(version: str | None, anyio_major: int = 4) -> Verdict:
     """Say whether starlette `version` has a BaseHTTPMiddleware bug that the shim fixes."""
     if version is None:
         return Verdict(False, "starlette does not declare its version", readable=False)
@@ -73,12 +124,10 @@ def affected(version: str | None) -> Verdict:
             return Verdict(
                 True,
                 f"starlette {version} is affected ({affected_range.text})",
-                captures_inner_errors=release >= (0, 17, 0),
-                cancels_inner_app=affected_range.cancels_inner_app,
+                pieces=pieces_for(release, anyio_major),
             )
-    first, second = AFFECTED_RANGES
-    if release < first.first:
+    if release < FIRST.first:
         return Verdict(False, f"starlette {version} predates the anyio rewrite (starlette#1157)")
-    if release < second.first:
-        return Verdict(False, f"starlette {version} already has the upstream fix ({first.fix})")
-    return Verdict(False, f"starlette {version} already has the upstream fixes ({first.fix}, {second.fix})")
+    if release < SECOND.first:
+        return Verdict(False, f"starlette {version} already has the upstream fix ({FIRST.fix})")
+    return Verdict(False, f"starlette {version} already has the upstream fixes ({FIRST.fix}, {SECOND.fix})")

@@ -18,8 +18,12 @@ if TYPE_CHECKING:
     from typing import Any, Callable
 
 TARGET_MODULE = "starlette.middleware.base"
-RESPONSE_START = "response-start"  # starlette#1634: "No response returned." on disconnect
+# The fixes a user can turn off, one name each (status().fixes, the doctor, apply(), the
+# variable); _guard.PIECES says which pieces of code make each one on which releases.
+RESPONSE_START = "response-start"  # starlette#1634, #2516: "No response returned." on disconnect
 AFTER_RESPONSE = "after-response"  # starlette#1438: work after the response is cancelled
+ERRORS = "errors"  # #1262, #1459, #2211, #2812, #2813: errors come out of a layer as themselves
+FIXES = (RESPONSE_START, AFTER_RESPONSE, ERRORS)
 
 
 class ShieldStatus:
@@ -35,7 +39,7 @@ class ShieldStatus:
         self.reason = reason
         self.starlette_version = starlette_version
         self.armed = armed
-        self.fixes = fixes  # the fixes in force: RESPONSE_START, AFTER_RESPONSE; () when not patched
+        self.fixes = fixes  # the fixes in force, of FIXES; () when not patched
 
     def __repr__(self) -> str:
         return (
@@ -47,7 +51,7 @@ class ShieldStatus:
 class _Installed:
     """Our wrapper in place: the class, the exact __call__ that was there, and the wrapper."""
 
-    __slots__ = ("cancels_inner_app", "cls", "original", "why", "wrapper")
+    __slots__ = ("cls", "original", "pieces", "why", "wrapper")
 
     def __init__(
         self,
@@ -55,13 +59,13 @@ class _Installed:
         original: Callable[..., Any],
         wrapper: Callable[..., Any],
         why: str,
-        cancels_inner_app: bool,
+        pieces: tuple[tuple[str, str], ...],
     ) -> None:
         self.cls = cls
         self.original = original  # put back by remove()
         self.wrapper = wrapper
         self.why = why  # the guard's verdict, for status()
-        self.cancels_inner_app = cancels_inner_app  # the release needs the after-response fix
+        self.pieces = pieces  # (piece, fix) for each piece this release needs (_guard.PIECES)
 
 
 class _Lifecycle:
@@ -83,15 +87,15 @@ class _Lifecycle:
         self.state = "not applied"
         self.armed = False  # an activation was made and remove() was not called since
         self.force = False
-        self.after_response = True
+        self.wanted: tuple[str, ...] = FIXES  # the fixes the activation asked for
         self.via = ""
         self.hook_registered = False  # wrapt's post-import hook is registered (once per process)
         self.installed: _Installed | None = None
         self.reason = "not applied"
 
-    def arm(self, *, force: bool, after_response: bool, via: str) -> None:
+    def arm(self, *, force: bool, wanted: tuple[str, ...], via: str) -> None:
         with self.lock:
-            self.armed, self.force, self.after_response, self.via = True, force, after_response, via
+            self.armed, self.force, self.wanted, self.via = True, force, wanted, via
             module = sys.modules.get(TARGET_MODULE)
             if module is not None:
                 self.patch(module)
@@ -114,9 +118,9 @@ class _Lifecycle:
                 # Ours already (a second apply(), or after remove() left it passing through).
                 self._serve(f"patched by {self.via}{self.installed.why}")  # type: ignore[union-attr]
                 return
-            from ._guard import affected
+            from ._guard import affected, forced_pieces
 
-            verdict = affected(_starlette_version())
+            verdict = affected(_starlette_version(), _anyio_major())
             if not verdict.affected and not self.force:
                 self._enter("left alone", f"{verdict.reason}; BaseHTTPMiddleware left alone")
                 (logger().debug if verdict.readable else logger().warning)("%s", self.reason)
@@ -127,17 +131,11 @@ class _Lifecycle:
 
             cls = module.BaseHTTPMiddleware
             original = cls.__dict__["__call__"]
-            wrapper = wrapt.FunctionWrapper(
-                original,
-                _shield.wrapper_for(
-                    original,
-                    captures_inner_errors=verdict.captures_inner_errors,
-                    cancels_inner_app=verdict.cancels_inner_app,
-                ),
-            )
+            wrapper = wrapt.FunctionWrapper(original, _shield.wrapper_for(original))
             setattr(cls, "__call__", wrapper)  # noqa: B010  # a class attribute, by name
             why = f": {verdict.reason}" if verdict.affected else f" with force=True: {verdict.reason}"
-            self.installed = _Installed(cls, original, wrapper, why, verdict.cancels_inner_app)
+            pieces = verdict.pieces if verdict.affected else forced_pieces()
+            self.installed = _Installed(cls, original, wrapper, why, tuple((p.name, p.fix) for p in pieces))
             self._serve(f"patched by {self.via}{why}")
             (logger().info if verdict.affected else logger().warning)("%s", self.reason)
 
@@ -194,12 +192,14 @@ class _Lifecycle:
 
     def _serve(self, reason: str) -> None:
         self._enter("patched", reason)
-        _request_path(self._fixes())
+        installed = self.installed
+        _request_path(tuple(name for name, fix in installed.pieces if fix in self.wanted))  # type: ignore[union-attr]
 
     def _fixes(self) -> tuple[str, ...]:
-        # Only 0.15 - 0.20 cancel the inner app: elsewhere the response-start fix is all there is.
+        # The fixes asked for that this release needs: on 0.28 - 0.38.2 there is no after-response.
         installed = self.installed
-        return fixes_for(self.after_response and installed is not None and installed.cancels_inner_app)
+        needed = {fix for _, fix in installed.pieces} if installed is not None else set()
+        return tuple(fix for fix in FIXES if fix in needed and fix in self.wanted)
 
     def _in_chain(self) -> bool:
         """Whether our wrapper is BaseHTTPMiddleware.__call__ or under wrappers others put on top."""
@@ -209,16 +209,25 @@ class _Lifecycle:
         )
 
 
-def fixes_for(after_response: bool) -> tuple[str, ...]:
-    return (RESPONSE_START, AFTER_RESPONSE) if after_response else (RESPONSE_START,)
+def wanted_fixes(*, after_response: bool, errors: bool) -> tuple[str, ...]:
+    """The fixes an activation asks for: the response-start fix, and those not turned off."""
+    return tuple(
+        fix for fix, on in ((RESPONSE_START, True), (AFTER_RESPONSE, after_response), (ERRORS, errors)) if on
+    )
 
 
-def _request_path(fixes: tuple[str, ...] | None) -> None:
-    """The one writer of the flag that the request path reads: which fixes it applies, or none."""
+def _request_path(pieces: tuple[str, ...] | None) -> None:
+    """The one writer of what the request path reads: the pieces it runs, or none at all."""
     from . import _shield  # loaded already: the installed wrapper comes from it
 
-    _shield.after_response = fixes is not None and AFTER_RESPONSE in fixes
-    _shield.enabled = fixes is not None
+    _shield.in_force = None if pieces is None else _shield.InForce(pieces)
+
+
+def _anyio_major() -> int:
+    # anyio 3 has its own ExceptionGroup (a BaseException); anyio 4 uses the standard one. anyio
+    # is imported by now: starlette.middleware.base imports it.
+    anyio = sys.modules.get("anyio")
+    return 3 if hasattr(anyio, "ExceptionGroup") else 4
 
 
 LIFECYCLE = _Lifecycle()
@@ -230,9 +239,9 @@ def logger() -> Logger:
     return logging.getLogger("starlette_shield_patch")
 
 
-def apply(force: bool = False, *, after_response: bool = True) -> None:
+def apply(force: bool = False, *, after_response: bool = True, errors: bool = True) -> None:
     """Patch BaseHTTPMiddleware now, or as soon as starlette.middleware.base is imported."""
-    activate(force=force, after_response=after_response, via="apply()")
+    activate(force=force, after_response=after_response, errors=errors, via="apply()")
 
 
 def remove() -> None:
@@ -248,14 +257,15 @@ def status() -> ShieldStatus:
     return LIFECYCLE.status()
 
 
-def activate(*, force: bool = False, after_response: bool = True, via: str = IMPORT) -> None:
+def activate(
+    *, force: bool = False, after_response: bool = True, errors: bool = True, via: str = IMPORT
+) -> None:
     """Arm the patch as `via` asks, unless STARLETTE_SHIELD_PATCH says off; never raises."""
     try:
-        activation = decide(force=force, after_response=after_response, via=via)
+        activation = decide(force=force, after_response=after_response, errors=errors, via=via)
         if activation.go_ahead:
-            LIFECYCLE.arm(
-                force=activation.force, after_response=activation.after_response, via=activation.via
-            )
+            wanted = wanted_fixes(after_response=activation.after_response, errors=activation.errors)
+            LIFECYCLE.arm(force=activation.force, wanted=wanted, via=activation.via)
         else:  # the kill switch: not the hook, not an import, not apply()
             LIFECYCLE.disable(activation.via)
     except Exception as exc:

@@ -1,18 +1,26 @@
 """The per-request code. Imported only once starlette.middleware.base is, so anyio is loaded by then.
 
 How a request flows: the wrapt wrapper on BaseHTTPMiddleware.__call__ (`wrapper_for`) runs
-starlette's own __call__ with a stand-in `self`. starlette reads two attributes of it:
-`dispatch_func` and `app`. The stand-in's `app` hands the inner app a `send` that delivers
-`http.response.start` despite a pending cancellation (the response-start fix), and, with the
-after-response fix, tracks the inner app in an `_InnerRun`; its `dispatch_func` returns the
-layer's response wrapped so that, once that response is sent, the layer lets the inner app finish
-instead of letting starlette cancel it.
+starlette's own __call__ with a stand-in `self`. starlette reads two attributes of it,
+`dispatch_func` and `app`, and the pieces of the fixes hook in at three places:
+
+- `app`, which call_next runs: the inner app's `send` delivers `http.response.start` despite a
+  pending cancellation (start-first); where a piece needs to know how the inner app did, it runs
+  in a `_Run` (finish-runs, own-error, body-error, late-error, drop-broken-send);
+- `dispatch_func`: the call_next that the dispatch gets (own-error, body-error), and the
+  response it returns, which lets the runs finish once it is sent (finish-runs);
+- the layer as a whole (`_layer`): what escapes it (collapse-groups, close-streams), and the
+  errors that the runs kept for after the response (late-error, finish-runs).
+
+Which pieces a release needs is said once, in _guard.PIECES; `InForce` is that set of names as
+the request path reads it.
 """
 
 from __future__ import annotations
 
+import builtins
 from contextlib import suppress
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, Dict
+from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable, Dict, Iterable
 
 import wrapt
 from anyio import (
@@ -24,22 +32,66 @@ from anyio import (
     get_cancelled_exc_class,
 )
 from anyio.lowlevel import checkpoint
-from anyio.streams.memory import MemoryObjectSendStream
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 Message = Dict[str, Any]
 Send = Callable[[Message], Awaitable[None]]
 Receive = Callable[[], Awaitable[Message]]
+App = Callable[[Any, Receive, Send], Awaitable[None]]
 
 if TYPE_CHECKING:
     _Proxy = wrapt.ObjectProxy[Any]
 else:
     _Proxy = wrapt.ObjectProxy  # not subscriptable at run time on wrapt 1.x
 
-# What the request path does; written only by _patch._request_path. `enabled` is False once
-# remove() had to leave the wrapper in place under someone else's: every call passes through.
-# `after_response` is False when only the response-start fix is wanted.
-enabled = True
-after_response = True
+# The standard library's from 3.11 on; below it the exceptiongroup backport, which anyio 4 (the
+# only anyio whose groups collapse-groups collapses) requires there.
+_BaseExceptionGroup: Any = getattr(builtins, "BaseExceptionGroup", None)
+if _BaseExceptionGroup is None:  # pragma: no cover  # Python < 3.11
+    with suppress(ImportError):
+        _BaseExceptionGroup = __import__("exceptiongroup").BaseExceptionGroup
+
+
+class InForce:
+    """The pieces that the request path runs (named as in _guard.PIECES), and where they hook in."""
+
+    __slots__ = (
+        "body_error",
+        "close_streams",
+        "collapse_groups",
+        "drop_broken_send",
+        "finish_runs",
+        "keeps_late",
+        "late_error",
+        "own_error",
+        "runs",
+        "start_first",
+        "wraps_call_next",
+        "wraps_dispatch",
+        "wraps_layer",
+    )
+
+    def __init__(self, names: Iterable[str]) -> None:
+        names = set(names)
+        self.start_first = "start-first" in names
+        self.drop_broken_send = "drop-broken-send" in names
+        self.finish_runs = "finish-runs" in names
+        self.own_error = "own-error" in names
+        self.body_error = "body-error" in names
+        self.collapse_groups = "collapse-groups" in names
+        self.late_error = "late-error" in names
+        self.close_streams = "close-streams" in names
+        # Where they hook in, so that a request pays only for the hooks its pieces need.
+        self.keeps_late = self.finish_runs or self.late_error  # a run keeps an error after its response
+        self.wraps_call_next = self.own_error or self.body_error
+        self.runs = self.keeps_late or self.wraps_call_next or self.drop_broken_send
+        self.wraps_dispatch = self.finish_runs or self.wraps_call_next
+        self.wraps_layer = self.keeps_late or self.collapse_groups or self.close_streams
+
+
+# What the request path does; written only by _patch._request_path. None: every call passes
+# through (remove() had to leave the wrapper in place under someone else's).
+in_force: InForce | None = InForce(())
 
 
 async def _deliver_start(stream: MemoryObjectSendStream[Message], message: Message, send: Send) -> None:
@@ -78,7 +130,7 @@ def _call_next_stream(send: Send) -> MemoryObjectSendStream[Message] | None:
 
 
 def _start_first(send: Send) -> Send:
-    """The send to hand the inner app: call_next's stream's, start first; any other as it is."""
+    """start-first: the send to hand the inner app: call_next's stream's, start first; any other as it is."""
     # This covers an inner StreamingResponse, a nested BaseHTTPMiddleware and any pure ASGI
     # middleware between.
     stream = _call_next_stream(send)
@@ -95,7 +147,7 @@ def _start_first(send: Send) -> Send:
 
 
 def _disconnect_sticks(receive: Any) -> Any:
-    """The request's receive, but once it has said http.disconnect it says so at every call."""
+    """start-first: the request's receive, but once it has said http.disconnect it says so at every call."""
     # Stacked layers share one receive: whichever StreamingResponse listens first takes the
     # disconnect. uvicorn repeats it; hypercorn says it once, so the outer layers would go on
     # sending a response that the shim let start, and h11 fails on the missing body.
@@ -128,79 +180,120 @@ def _release_waiting_sends(stream: MemoryObjectSendStream[Message]) -> bool:
     return True
 
 
-class _InnerRun:
+def _is_last(message: Message) -> bool:
+    return message["type"] == "http.response.body" and not message.get("more_body", False)
+
+
+class _Run:
     """One run of the inner app that call_next started, and what the layer knows of it.
 
-    starlette#1438: once the layer has sent its response, starlette 0.15 - 0.20 cancels the
-    inner app, and with it the background tasks, dependency teardown and exit stacks it runs
-    after its response. The layer instead lets a run that has started its response finish, as
-    0.21.0 (#1715) does: its receive says http.disconnect, its sends are dropped and the layer
-    returns when it ends. A run that has not started its response when the layer is done (the
-    dispatch gave up on call_next) is still cancelled, as unpatched: nothing waits for it.
+    finish-runs (starlette#1438): once the layer has sent its response, starlette 0.15 - 0.20
+    cancels the inner app, and with it the background tasks, dependency teardown and exit stacks
+    it runs after its response. The layer instead lets a run that has started its response
+    finish, as 0.21.0 (#1715) does: its receive says http.disconnect, its sends are dropped and
+    the layer returns when it ends. A run that has not started its response when the layer is
+    done (the dispatch gave up on call_next) is still cancelled, as unpatched: nothing waits.
+
+    The error pieces read how it failed: before its response start (`failed`, raised by
+    call_next: own-error), during its body (`failed`, raised where the body ends: body-error),
+    or after its last body message (`late`, raised by the layer once its own response is sent:
+    finish-runs, late-error).
     """
 
     __slots__ = (
         "_on_end",
+        "_pieces",
         "_receive",
         "_receiving",
+        "_send",
         "_stream",
         "detached",
         "ended",
-        "error",
+        "failed",
+        "late",
         "over",
         "started",
     )
 
-    def __init__(self, stream: MemoryObjectSendStream[Message], receive: Receive) -> None:
+    def __init__(
+        self, pieces: InForce, stream: MemoryObjectSendStream[Message], send: Send, receive: Receive
+    ) -> None:
+        self._pieces = pieces
         self._stream = stream
+        self._send = send  # call_next's own
         self._receive = receive
         self.started = False  # it sent http.response.start
         self.over = False  # its last body message was delivered, or the layer stopped listening
         self.detached = False  # the layer's response is done and the layer waits for it
         self.ended = False
-        self.error: Exception | None = None  # raised after its response was over
+        self.failed: Exception | None = None  # raised during its response, not raised yet
+        self.late: Exception | None = None  # raised after its response was over
         self._on_end: Event | None = None
         self._receiving: set[CancelScope] | None = None  # receive() calls in progress
 
-    async def run(self, app: Callable[[Any, Receive, Send], Awaitable[None]], scope: Any) -> None:
+    async def run(self, app: App, scope: Any) -> None:
         """Run the inner app in call_next's task, as starlette would."""
+        pieces = self._pieces
         try:
-            await app(scope, self.receive, self.send)
+            await app(scope, self.receive if pieces.finish_runs else self._receive, self.send)
         except Exception as exc:
-            if not self.over:
-                raise  # during its response: starlette's own handling, as unpatched
-            # Work after the response failed. starlette would drop it (or never get that far);
-            # the layer raises it once its own response is done, so that the server logs it.
-            self.error = exc
+            if self.over:
+                if not pieces.keeps_late:
+                    raise
+                # Work after the response failed. starlette would drop it (or never get that
+                # far); the layer raises it once its own response is done, for the server to log.
+                self.late = exc
+            elif (
+                pieces.drop_broken_send
+                and isinstance(exc, BrokenResourceError)
+                and not self._stream.statistics().open_receive_streams
+            ):
+                # drop-broken-send: a send after the layer stopped reading its body. 0.17.0 and
+                # later capture it and drop it; 0.15.0 and 0.16.0 would end the request with it.
+                return
+            elif pieces.body_error if self.started else pieces.own_error:
+                self.failed = exc  # raised by call_next, or where the body ends
+            else:
+                raise  # starlette's own handling, as unpatched
         finally:
             self.ended = True
             if self._on_end is not None:
                 self._on_end.set()
 
     async def send(self, message: Message) -> None:
-        """The inner app's send: call_next's stream's, start first, until the response is over."""
-        if self.over:
-            return  # as 0.21.0: nobody reads what an inner app sends once its response is over
+        """The inner app's send: call_next's, start first; dropped once the response is over."""
+        pieces = self._pieces
+        if self.over and pieces.finish_runs:
+            # As 0.21.0: nobody reads what an inner app sends once its response is over. Still a
+            # checkpoint, as anyio's send is: an app that sends in a loop until it is told of the
+            # disconnect must not keep the event loop from telling it.
+            await checkpoint()
+            return
         try:
             if message["type"] == "http.response.start":
                 self.started = True
-                await _deliver_start(self._stream, message, self._stream.send)
+                if pieces.start_first:
+                    await _deliver_start(self._stream, message, self._send)
+                else:
+                    await self._send(message)
                 return
-            await self._stream.send(message)
-            if message["type"] == "http.response.body" and not message.get("more_body", False):
+            await self._send(message)
+            if _is_last(message):
                 self.over = True
-                # starlette#919: before 0.20.1 the layer's body ends only when this stream
-                # closes, which starlette does when the inner app returns, after its background
-                # work. Close it now.
-                await self._stream.aclose()
+                if pieces.finish_runs:
+                    # starlette#919: before 0.20.1 the layer's body ends only when this stream
+                    # closes, which starlette does when the inner app returns, after its
+                    # background work. Close it now.
+                    await self._stream.aclose()
         except (BrokenResourceError, ClosedResourceError):
+            if not pieces.finish_runs:
+                raise
             # The layer stopped reading (its response was cut short, or is done and finish()
-            # closed the stream): dropped, as 0.21.0 drops it. Unpatched, 0.17.0 and later
-            # capture this error and drop it; 0.15.0 and 0.16.0 let it end the request.
+            # closed the stream): dropped, as 0.21.0 drops it.
             self.over = True
 
     async def receive(self) -> Message:
-        """The inner app's receive: the request's, or http.disconnect once detached."""
+        """The inner app's receive (finish-runs): the request's, or http.disconnect once detached."""
         if self.detached:
             return {"type": "http.disconnect"}
         with CancelScope() as waiting:
@@ -228,11 +321,12 @@ class _InnerRun:
 
 
 class _ThenFinish:
-    """The layer's response; once it is sent, the inner app's runs finish before starlette cancels."""
+    """finish-runs: the layer's response; once it is sent, the inner app's runs finish before
+    starlette cancels them."""
 
     __slots__ = ("_response", "_runs")
 
-    def __init__(self, response: Any, runs: list[_InnerRun]) -> None:
+    def __init__(self, response: Any, runs: list[_Run]) -> None:
         self._response = response
         self._runs = runs
 
@@ -241,129 +335,181 @@ class _ThenFinish:
         for run in self._runs:
             if not run.ended:  # most have returned already, and cost no coroutine here
                 await run.finish()
-            if run.error is not None:
-                raise run.error
 
 
-def _run_inner_app(
-    runs: list[_InnerRun], app: Any, scope: Any, receive: Receive, send: Send
+def _origin(error: BaseException) -> BaseException | None:
+    """What `error` came from: raised again `from` it, it keeps that and not the exception we
+    raise it in the handling of (as starlette's own create_collapsing_task_group does)."""
+    return error.__cause__ or (None if error.__suppress_context__ else error.__context__)
+
+
+def _calls_next_raising(call_next: Any, pieces: InForce, runs: list[_Run]) -> Any:
+    """own-error, body-error: call_next raises the inner app's error, and so does its body."""
+
+    async def call_next_raising(request: Any) -> Any:
+        try:
+            response = await call_next(request)
+        except RuntimeError as exc:
+            # starlette#1262 (0.17.0): 0.15.0 and 0.16.0 say "No response returned." where the
+            # inner app failed before its response; the run kept that error instead.
+            failed = runs[-1].failed if runs else None
+            if failed is None or str(exc) != "No response returned.":
+                raise
+            runs[-1].failed = None
+            raise failed from _origin(failed)
+        if pieces.body_error and runs:
+            response.body_iterator = _body_then_error(response.body_iterator, runs[-1])
+        return response
+
+    return call_next_raising
+
+
+async def _body_then_error(body: AsyncIterator[bytes], run: _Run) -> AsyncIterator[bytes]:
+    """body-error: call_next's body, then the error its inner app failed with, as 0.19.0 raises it."""
+    # starlette#1459: 0.17.0 and 0.18.0 end the body quietly, so the client gets a truncated
+    # answer that looks whole and nothing is logged. Raising here stops the layer's response
+    # before its last message, as 0.19.0 does.
+    async for chunk in body:
+        yield chunk
+    failed = run.failed
+    if failed is not None:
+        run.failed = None
+        raise failed
+
+
+async def _dispatch(dispatch: Any, pieces: InForce, runs: list[_Run], request: Any, call_next: Any) -> Any:
+    if pieces.wraps_call_next:
+        call_next = _calls_next_raising(call_next, pieces, runs)
+    response = await dispatch(request, call_next)
+    return _ThenFinish(response, runs) if pieces.finish_runs else response
+
+
+def _app(
+    app: App, pieces: InForce, runs: list[_Run], scope: Any, receive: Receive, send: Send
 ) -> Awaitable[None]:
+    if not pieces.runs:
+        return app(scope, receive, _start_first(send) if pieces.start_first else send)
     stream = _call_next_stream(send)
     if stream is None:  # pragma: no cover  # see _call_next_stream
-        return app(scope, receive, send)  # type: ignore[no-any-return]
-    run = _InnerRun(stream, receive)
+        return app(scope, receive, send)
+    run = _Run(pieces, stream, send, receive)
     runs.append(run)
     return run.run(app, scope)
 
 
-async def _drop_late_send_error(inner_call: Awaitable[None], send: Send) -> None:
-    """Await the inner app, dropping a BrokenResourceError from a send after the layer stopped
-    reading its body, as starlette 0.17.0 and later effectively do (they capture the inner
-    app's errors and raise them only when the body was read to its end)."""
+def _collapse(group: BaseException) -> BaseException:
+    """collapse-groups: the one error a group holds, however deep; a group of several stays."""
+    # starlette#2211 (0.31.0): anyio 4 wraps every error that leaves a task group in an
+    # ExceptionGroup, one level per layer (and one more per StreamingResponse), so an outer
+    # `except MyError` misses it and servers and error trackers see "unhandled errors in a
+    # TaskGroup". As starlette's collapse_excgroups: a cancellation stays a cancellation.
+    error = group
+    while isinstance(error, _BaseExceptionGroup) and len(error.exceptions) == 1:
+        error = error.exceptions[0]
+    return error
+
+
+async def _layer(call: Awaitable[None], pieces: InForce, runs: list[_Run]) -> None:
+    """The layer as a whole: what escapes it, and the errors its runs kept for after the response."""
     try:
-        await inner_call
-    except BrokenResourceError:
-        stream = _call_next_stream(send)
-        if stream is None or stream.statistics().open_receive_streams:
-            raise
+        await call
+    except BaseException as exc:
+        if pieces.close_streams:
+            _close_streams(exc)
+        if pieces.collapse_groups and isinstance(exc, _BaseExceptionGroup):
+            error = _collapse(exc)
+            if error is not exc:
+                raise error from _origin(error)
+        raise
+    for run in runs:
+        if run.late is not None:
+            # late-error (starlette#2812), finish-runs: once the layer's response is complete.
+            late, run.late = run.late, None
+            raise late
 
 
-# The stand-ins: what starlette's __call__ gets as `self`, chosen once at patch time on two axes.
-# Whose __call__ the shim wraps: starlette's own reads only `dispatch_func` and `app`, so a
-# slotted object will do (`_StarletteSelf*`); a __call__ that others wrapped before the shim
-# (sentry-sdk) may look at `self` in any way, so it gets a transparent proxy (`_ProxySelf*`).
-# Which fixes: the response start only, on 0.17.0 and later (`*StartFirst`); the same on 0.15.0
-# and 0.16.0, which do not capture the inner app's errors (`*StartFirstDropping`); or both fixes
-# (`*Finishing`), whose own handling of a late send makes the 0.15/0.16 variant unnecessary.
+def _close_streams(error: BaseException) -> None:
+    """close-streams: close the memory streams that call_next left open on this error."""
+    # starlette#2813 (0.45.1): when the endpoint or the dispatch raises, call_next's receiving
+    # stream is never closed, and anyio 4 warns about it when it is collected (ResourceWarning:
+    # a test suite run with -W error fails). call_next's frames are in the tracebacks of the
+    # error and of what a group holds.
+    pending = [error]
+    while pending:
+        error = pending.pop()
+        pending.extend(getattr(error, "exceptions", ()))
+        traceback = error.__traceback__
+        while traceback is not None:
+            frame = traceback.tb_frame
+            if frame.f_code.co_name == "call_next":
+                stream = frame.f_locals.get("recv_stream")
+                if type(stream) is MemoryObjectReceiveStream:
+                    stream.close()
+            traceback = traceback.tb_next
 
 
-class _StarletteSelfStartFirst:
-    __slots__ = ("_middleware", "dispatch_func")
+# The stand-ins: what starlette's __call__ gets as `self`. starlette's own __call__ reads only
+# `dispatch_func` and `app`, so a slotted object will do (`_StandIn`); a __call__ that others
+# wrapped before the shim (sentry-sdk) may look at `self` in any way, so it gets a transparent
+# proxy (`_ProxyStandIn`). Both hand the work to _dispatch and _app.
 
-    def __init__(self, middleware: Any) -> None:
+
+class _StandIn:
+    __slots__ = ("_middleware", "_pieces", "dispatch_func", "runs")
+
+    def __init__(self, middleware: Any, pieces: InForce) -> None:
         self._middleware = middleware
-        self.dispatch_func = middleware.dispatch_func
+        self._pieces = pieces
+        self.runs: list[_Run] = []
+        self.dispatch_func = self._dispatch if pieces.wraps_dispatch else middleware.dispatch_func
+
+    def _dispatch(self, request: Any, call_next: Any) -> Awaitable[Any]:
+        return _dispatch(self._middleware.dispatch_func, self._pieces, self.runs, request, call_next)
 
     def app(self, scope: Any, receive: Receive, send: Send) -> Awaitable[None]:
-        return self._middleware.app(scope, receive, _start_first(send))  # type: ignore[no-any-return]
+        return _app(self._middleware.app, self._pieces, self.runs, scope, receive, send)
 
     def __getattr__(self, name: str) -> Any:  # anything else a forced release might read
         return getattr(self._middleware, name)
 
 
-class _StarletteSelfStartFirstDropping(_StarletteSelfStartFirst):
-    __slots__ = ()
-
-    def app(self, scope: Any, receive: Receive, send: Send) -> Awaitable[None]:
-        return _drop_late_send_error(self._middleware.app(scope, receive, _start_first(send)), send)
-
-
-class _StarletteSelfFinishing:
-    __slots__ = ("_middleware", "_runs")
-
-    def __init__(self, middleware: Any) -> None:
-        self._middleware = middleware
-        self._runs: list[_InnerRun] = []
-
-    async def dispatch_func(self, request: Any, call_next: Any) -> _ThenFinish:
-        return _ThenFinish(await self._middleware.dispatch_func(request, call_next), self._runs)
-
-    def app(self, scope: Any, receive: Receive, send: Send) -> Awaitable[None]:
-        return _run_inner_app(self._runs, self._middleware.app, scope, receive, send)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._middleware, name)
-
-
-class _ProxySelfStartFirst(_Proxy):
-    def app(self, scope: Any, receive: Receive, send: Send) -> Awaitable[None]:
-        return self.__wrapped__.app(scope, receive, _start_first(send))  # type: ignore[no-any-return]
-
-
-class _ProxySelfStartFirstDropping(_Proxy):
-    def app(self, scope: Any, receive: Receive, send: Send) -> Awaitable[None]:
-        return _drop_late_send_error(self.__wrapped__.app(scope, receive, _start_first(send)), send)
-
-
-class _ProxySelfFinishing(_Proxy):
-    def __init__(self, middleware: Any) -> None:
+class _ProxyStandIn(_Proxy):
+    def __init__(self, middleware: Any, pieces: InForce) -> None:
         super().__init__(middleware)
-        self._self_runs: list[_InnerRun] = []
+        self._self_pieces = pieces
+        self._self_runs: list[_Run] = []
 
-    async def dispatch_func(self, request: Any, call_next: Any) -> _ThenFinish:
-        return _ThenFinish(await self.__wrapped__.dispatch_func(request, call_next), self._self_runs)
+    @property
+    def runs(self) -> list[_Run]:
+        return self._self_runs
+
+    @property
+    def dispatch_func(self) -> Any:
+        if self._self_pieces.wraps_dispatch:
+            return self._self_dispatch
+        return self.__wrapped__.dispatch_func
+
+    def _self_dispatch(self, request: Any, call_next: Any) -> Awaitable[Any]:
+        return _dispatch(
+            self.__wrapped__.dispatch_func, self._self_pieces, self._self_runs, request, call_next
+        )
 
     def app(self, scope: Any, receive: Receive, send: Send) -> Awaitable[None]:
-        return _run_inner_app(self._self_runs, self.__wrapped__.app, scope, receive, send)
-
-
-def stand_in_for(starlettes_own: bool, finish_after_response: bool, captures_inner_errors: bool) -> type:
-    """The class of the stand-in `self` for one patch, on the axes described above."""
-    if finish_after_response:
-        return _StarletteSelfFinishing if starlettes_own else _ProxySelfFinishing
-    if captures_inner_errors:
-        return _StarletteSelfStartFirst if starlettes_own else _ProxySelfStartFirst
-    return _StarletteSelfStartFirstDropping if starlettes_own else _ProxySelfStartFirstDropping
+        return _app(self.__wrapped__.app, self._self_pieces, self._self_runs, scope, receive, send)
 
 
 _sticky = _disconnect_sticks(None).__code__
-_inner_receive = _InnerRun.receive.__code__
+_inner_receive = _Run.receive.__code__
 
 
-def wrapper_for(
-    original: Callable[..., Awaitable[None]], *, captures_inner_errors: bool, cancels_inner_app: bool
-) -> Callable[..., Awaitable[None]]:
-    """Build the wrapt wrapper for BaseHTTPMiddleware.__call__ around `original`; the
-    after-response fix only where the release cancels its inner app (0.15 - 0.20)."""
+def wrapper_for(original: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[None]]:
+    """Build the wrapt wrapper for BaseHTTPMiddleware.__call__ around `original`."""
     # functools.wraps copies __module__, but not the absence of __wrapped__.
     wrapped_by_others = hasattr(original, "__wrapped__")
     starlettes_own = (
         getattr(original, "__module__", None) == "starlette.middleware.base" and not wrapped_by_others
     )
-    start_only = stand_in_for(starlettes_own, False, captures_inner_errors)
-    both_fixes = (
-        stand_in_for(starlettes_own, True, captures_inner_errors) if cancels_inner_app else start_only
-    )
+    stand_in_class: Any = _StandIn if starlettes_own else _ProxyStandIn
 
     def patched_call(
         wrapped: Callable[..., Awaitable[None]],
@@ -373,13 +519,16 @@ def wrapper_for(
     ) -> Awaitable[None]:
         if instance is None and args:  # called through the raw class attribute, self first
             instance, args = args[0], args[1:]
-        if enabled and len(args) == 3 and args[0]["type"] == "http":
+        pieces = in_force
+        if pieces is not None and len(args) == 3 and args[0]["type"] == "http":
             scope, receive, send = args
-            code = getattr(receive, "__code__", None)
-            if code is not _sticky and code is not _inner_receive:  # the outermost layer
-                receive = _disconnect_sticks(receive)
-            stand_in = both_fixes if after_response else start_only
-            return original(stand_in(instance), scope, receive, send, **kwargs)
+            if pieces.start_first:
+                code = getattr(receive, "__code__", None)
+                if code is not _sticky and code is not _inner_receive:  # the outermost layer
+                    receive = _disconnect_sticks(receive)
+            stand_in = stand_in_class(instance, pieces)
+            call = original(stand_in, scope, receive, send, **kwargs)
+            return _layer(call, pieces, stand_in.runs) if pieces.wraps_layer else call
         return original(instance, *args, **kwargs)
 
     return patched_call

@@ -19,6 +19,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response, StreamingResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from demo.harness import version
 from tests.releases import AFFECTED, CANCELLING
 
 __all__ = ["ASGIApp", "Message", "Receive", "Scope", "Send"]
@@ -30,6 +31,22 @@ STARLETTE_AFFECTED = starlette.__version__ in AFFECTED  # either range: the shim
 STARLETTE_CANCELS = starlette.__version__ in CANCELLING
 STARLETTE_RELEASE = tuple(int(part) for part in starlette.__version__.split(".")[:3])
 STARLETTE_HAS_ANYIO = STARLETTE_RELEASE >= (0, 15)
+ANYIO_MAJOR = int(version("anyio").split(".")[0])
+# 0.15.0 and 0.16.0 do not capture the inner app's errors; 0.17.0 (#1262) does.
+CAPTURES_INNER_ERRORS = STARLETTE_RELEASE >= (0, 17, 0)
+# anyio 4 wraps every error that leaves a task group in an ExceptionGroup; 0.31.0 (#2211)
+# collapses them at the layer. anyio 3 raises a lone error as it is.
+GROUPS_ESCAPE = ANYIO_MAJOR >= 4 and (
+    (0, 19, 0) <= STARLETTE_RELEASE < (0, 21, 0) or (0, 28, 0) <= STARLETTE_RELEASE < (0, 31, 0)
+)
+# 0.19 - 0.20.4 and 0.28 - 0.38.2 leave call_next's receiving stream open when the endpoint or
+# the dispatch raises, and anyio 4 warns when it is collected (fixed upstream in 0.45.1, #2813).
+LEAVES_STREAMS_OPEN = ANYIO_MAJOR >= 4 and STARLETTE_AFFECTED and STARLETTE_RELEASE >= (0, 19, 0)
+# Where the errors fix has a piece to run: every affected release but 0.19 - 0.20.4 and 0.28.0
+# with anyio 3, whose errors already come out as themselves.
+ERRORS_FIX_APPLIES = STARLETTE_AFFECTED and (
+    STARLETTE_RELEASE < (0, 19, 0) or STARLETTE_RELEASE >= (0, 29, 0) or ANYIO_MAJOR >= 4
+)
 # starlette#1609 (0.20.1): the layer's body ends at the inner app's last message, not when the
 # inner app returns, after its background work (starlette#919). 0.24.0 - 0.28.0 dropped that again.
 BODY_ENDS_AT_LAST_MESSAGE = (0, 20, 1) <= STARLETTE_RELEASE < (0, 24, 0) or STARLETTE_RELEASE >= (0, 29, 0)

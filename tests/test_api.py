@@ -13,6 +13,7 @@ from starlette.middleware.base import BaseHTTPMiddleware
 import starlette_shield_patch
 from conftest import shim_state
 from tests.asgi import (
+    ERRORS_FIX_APPLIES,
     STARLETTE_AFFECTED,
     STARLETTE_CANCELS,
     answers_after,
@@ -68,7 +69,10 @@ def test_status_names_the_version_and_why(original: Any) -> None:
     starlette_shield_patch.apply()
     status = starlette_shield_patch.status()
 
-    fixes = ("response-start", "after-response") if STARLETTE_CANCELS else ("response-start",)
+    fixes: tuple[str, ...] = (
+        ("response-start", "after-response") if STARLETTE_CANCELS else ("response-start",)
+    )
+    fixes += ("errors",) if ERRORS_FIX_APPLIES else ()
     assert repr(status) == (
         f"ShieldStatus(patched=True, reason={status.reason!r}, starlette_version={starlette.__version__!r}, "
         f"armed=True, fixes={fixes!r})"
@@ -114,8 +118,8 @@ def test_the_stand_in_self_lends_every_other_attribute_of_the_middleware(origina
     from starlette_shield_patch import _shield
 
     middleware = BaseHTTPMiddleware(reads_body_then_answers(), dispatch=pass_through)
-    for after_response in (True, False):
-        stand_in = _shield.stand_in_for(True, after_response, captures_inner_errors=True)(middleware)
+    for pieces in ((), ("start-first",), ("start-first", "finish-runs", "own-error")):
+        stand_in = _shield._StandIn(middleware, _shield.InForce(pieces))
         assert stand_in.dispatch == middleware.dispatch
 
 

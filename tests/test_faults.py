@@ -65,7 +65,9 @@ CASES: dict[str, Any] = {
 }
 
 
-def summary(backend: str, case: str, gone: bool, shim: str) -> tuple[list[str], list[Message]]:
+def summary(
+    backend: str, case: str, gone: bool, shim: str, *, but_false_no_response: bool
+) -> tuple[list[str], list[Message]]:
     endpoint, dispatch = CASES[case]
     with shim_named(shim):
         outcome = run(
@@ -74,21 +76,27 @@ def summary(backend: str, case: str, gone: bool, shim: str) -> tuple[list[str], 
             backend=backend,
         )
     assert not outcome.timed_out
+    errors = list(outcome.errors())
+    if but_false_no_response and len(errors) > 1:
+        # On 0.15.0 and 0.16.0 the errors fix drops the "No response returned." that call_next
+        # raises beside the inner app's own error (test_errors.py proves it on its own).
+        errors = [error for error in errors if str(error) != "No response returned."]
     # The kinds of error, not how many: on 0.15.0 and 0.16.0 under trio, how many layers add a
     # "No response returned." to an endpoint's error depends on which task the nursery
     # cancels first, with or without the shim.
-    return sorted({type(error).__name__ for error in outcome.errors()}), outcome.messages
+    return sorted({type(error).__name__ for error in errors}), outcome.messages
 
 
-@pytest.mark.parametrize("fixes", ["patched", "start-only"])
+@pytest.mark.parametrize("fixes", ["patched", "start-only", "without-errors"])
 @pytest.mark.parametrize("client", ["stays", "leaves"])
 @pytest.mark.parametrize("case", list(CASES))
 def test_faults_end_the_same_with_and_without_the_shim(
     backend: str, case: str, client: str, fixes: str
 ) -> None:
     gone = client == "leaves"
-    unpatched = summary(backend, case, gone, "unpatched")
-    patched = summary(backend, case, gone, fixes)
+    errors_fix = fixes == "patched"
+    unpatched = summary(backend, case, gone, "unpatched", but_false_no_response=errors_fix)
+    patched = summary(backend, case, gone, fixes, but_false_no_response=errors_fix)
 
     assert patched == unpatched
 

@@ -1,10 +1,10 @@
-"""The version guard: one range, written once, read robustly."""
+"""The version guard: the ranges and the table of pieces, written once, read robustly."""
 
 from __future__ import annotations
 
 import pytest
 
-from starlette_shield_patch._guard import affected, parse_release
+from starlette_shield_patch._guard import PIECES, affected, parse_release
 from tests.releases import AFFECTED, CANCELLING
 
 
@@ -14,14 +14,11 @@ def test_every_affected_release_is_patched_and_the_reason_names_its_range(versio
     assert verdict.affected
     assert version in verdict.reason
     if version in CANCELLING:
-        assert (
-            "(0.15.0 <= starlette < 0.21.0, starlette#1634)" in verdict.reason and verdict.cancels_inner_app
-        )
+        assert "(0.15.0 <= starlette < 0.21.0, starlette#1634)" in verdict.reason
+        assert "after-response" in verdict.fixes
     else:
-        assert (
-            "(0.28.0 <= starlette < 0.38.3, starlette#2516)" in verdict.reason
-            and not verdict.cancels_inner_app
-        )
+        assert "(0.28.0 <= starlette < 0.38.3, starlette#2516)" in verdict.reason
+        assert "after-response" not in verdict.fixes
 
 
 @pytest.mark.parametrize(
@@ -78,6 +75,37 @@ def test_the_release_segment_is_read_from_any_pep440_version(
     assert parse_release(version) == release
 
 
+def expected_pieces(version: str, anyio_major: int) -> set[str]:
+    """What each release has, written out from reading its base.py (see the README's table)."""
+    release = parse_release(version)
+    assert release is not None
+    first_range = release < (0, 21, 0)
+    groups = anyio_major == 4 and ((0, 19, 0) <= release < (0, 21, 0) or (0, 28, 0) <= release < (0, 31, 0))
+    pieces = {"start-first"}
+    pieces |= {"finish-runs"} if first_range else set()
+    pieces |= {"drop-broken-send", "own-error"} if release < (0, 17, 0) else set()  # no app_exc yet
+    pieces |= {"body-error"} if release < (0, 19, 0) else set()  # body_stream raises from 0.19.0
+    pieces |= {"collapse-groups"} if groups else set()
+    pieces |= {"close-streams"} if anyio_major == 4 and release >= (0, 19, 0) else set()
+    pieces |= {"late-error"} if release >= (0, 29, 0) else set()
+    return pieces
+
+
+@pytest.mark.parametrize("anyio_major", [3, 4], ids=["anyio-3", "anyio-4"])
 @pytest.mark.parametrize("version", AFFECTED)
-def test_which_releases_capture_the_inner_apps_errors(version: str) -> None:
-    assert affected(version).captures_inner_errors is (version not in ("0.15.0", "0.16.0"))
+def test_each_release_gets_the_pieces_it_needs_with_its_anyio(version: str, anyio_major: int) -> None:
+    verdict = affected(version, anyio_major)
+
+    assert {piece.name for piece in verdict.pieces} == expected_pieces(version, anyio_major)
+
+
+@pytest.mark.parametrize("version", ["0.14.2", "0.21.0", "0.27.0", "0.38.3", "1.10.0"])
+def test_no_piece_outside_the_ranges(version: str) -> None:
+    assert affected(version, 3).pieces == affected(version, 4).pieces == ()
+
+
+def test_every_piece_names_a_fix_and_an_upstream_issue() -> None:
+    for piece in PIECES:
+        assert piece.fix in ("response-start", "after-response", "errors")
+        assert piece.why.startswith("starlette#")
+        assert piece.first < piece.fixed
