@@ -107,7 +107,7 @@ def tests(session: nox.Session, starlette: str, anyio: str) -> None:
 
 
 @nox.session(python=MAIN_PYTHON)
-@nox.parametrize("starlette", [CANCELLING[0], CANCELLING[-1], "0.37.2"])
+@nox.parametrize("starlette", [CANCELLING[0], CANCELLING[1], CANCELLING[-1], "0.37.2"])
 def servers(session: nox.Session, starlette: str) -> None:
     """Real servers and clients: uvicorn (asyncio, uvloop), hypercorn (trio), with and without."""
     anyio = anyio_requirements(starlette, "newest")

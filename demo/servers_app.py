@@ -54,6 +54,12 @@ async def slow(request: Request) -> Response:
     return PlainTextResponse(b"done " + body)
 
 
+async def echo(request: Request) -> Response:
+    """Answers with the body; a client that leaves before it is complete makes request.body()
+    raise ClientDisconnect, which this endpoint, as many do, lets out."""
+    return PlainTextResponse(b"echo " + await request.body())
+
+
 async def stream(request: Request) -> Response:
     try:
         await request.body()
@@ -119,6 +125,7 @@ async def finished(request: Request) -> Response:
 starlette_app = Starlette(
     routes=[
         Route("/slow", slow, methods=["POST"]),
+        Route("/echo", echo, methods=["POST"]),
         Route("/stream", stream, methods=["POST"]),
         Route("/background", background),
         Route("/hello", hello),

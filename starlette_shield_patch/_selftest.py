@@ -1,8 +1,9 @@
-"""The two bugs' scenarios, run in-process on the installed starlette, and their outcomes.
+"""Each fix's scenario, run in-process on the installed starlette, and its outcomes.
 
 Outcomes, the same words in the doctor, the tests and the demo: "clean" or "No response
-returned." for the disconnect; "finished" or "cancelled" for the work after the response; the
-name of the exception for anything else.
+returned." for the disconnect; "finished" or "cancelled" for the work after the response;
+"itself", "swallowed" or what came out instead for an error; the name of the exception for
+anything else.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ CLEAN = "clean"
 NO_RESPONSE_RETURNED = "No response returned."
 FINISHED = "finished"
 CANCELLED = "cancelled"
+ITSELF = "itself"
+SWALLOWED = "swallowed"
 
 
 def http_scope(method: str = "POST", path: str = "/") -> Any:
@@ -90,10 +93,48 @@ def after_response_outcome() -> str:
     return error or (FINISHED if finished else CANCELLED)
 
 
+def errors_outcome() -> str:
+    """Two pass-through layers; an endpoint that fails before its response, then one whose
+    background task fails after it: each error should come out of the layers as itself."""
+    import anyio
+    from starlette.background import BackgroundTask
+    from starlette.responses import PlainTextResponse
+
+    class SelfTestError(Exception):
+        pass
+
+    async def fails_before(scope: Any, receive: Any, send: Any) -> None:
+        raise SelfTestError
+
+    async def fail() -> None:
+        await anyio.sleep(0.005)
+        raise SelfTestError
+
+    async def fails_after(scope: Any, receive: Any, send: Any) -> None:
+        await PlainTextResponse("done", background=BackgroundTask(fail))(scope, receive, send)
+
+    def client_waits(calls: int, response_over: bool) -> dict[str, Any] | None:
+        return {"type": "http.request", "body": b"", "more_body": False} if calls == 1 else None
+
+    for endpoint in (fails_before, fails_after):
+        escaped: list[BaseException] = []
+        what = _request(endpoint, layers=2, client=client_waits, escaped=escaped)
+        if what is None:
+            return SWALLOWED
+        if type(escaped[0]) is not SelfTestError:
+            return what if what == NO_RESPONSE_RETURNED else type(escaped[0]).__name__
+    return ITSELF
+
+
 def _request(
-    endpoint: Any, *, layers: int, client: Callable[[int, bool], dict[str, Any] | None]
+    endpoint: Any,
+    *,
+    layers: int,
+    client: Callable[[int, bool], dict[str, Any] | None],
+    escaped: list[BaseException] | None = None,
 ) -> str | None:
-    """One request through `layers` pass-through layers; None, or what it raised."""
+    """One request through `layers` pass-through layers; None, or what it raised (itself in
+    `escaped`)."""
     import anyio
     from starlette.middleware.base import BaseHTTPMiddleware
     from starlette.requests import Request
@@ -132,6 +173,8 @@ def _request(
                 errors.append(exc)
 
     anyio.run(main)
+    if escaped is not None:
+        escaped.extend(errors)
     for error in leaf_errors(errors[0] if errors else None):
         if isinstance(error, RuntimeError) and str(error) == NO_RESPONSE_RETURNED:
             return NO_RESPONSE_RETURNED

@@ -7,6 +7,7 @@ starlette_shield_patch._selftest has as well.
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import AsyncIterator, Awaitable, Callable, Iterator
@@ -19,8 +20,12 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response, StreamingResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from demo.harness import version
 from tests.releases import AFFECTED, CANCELLING
+
+if sys.version_info >= (3, 8):
+    from importlib.metadata import version  # novermin (3.8 and later only)
+else:  # the backport, which the package depends on under Python 3.7
+    from importlib_metadata import version
 
 __all__ = ["ASGIApp", "Message", "Receive", "Scope", "Send"]
 

@@ -12,7 +12,13 @@ from typing import Any
 import pytest
 
 from demo.harness import clean_environment
-from tests.asgi import BODY_ENDS_AT_LAST_MESSAGE, STARLETTE_AFFECTED, STARLETTE_CANCELS, STARLETTE_HAS_ANYIO
+from tests.asgi import (
+    BODY_ENDS_AT_LAST_MESSAGE,
+    ERRORS_FIX_APPLIES,
+    STARLETTE_AFFECTED,
+    STARLETTE_CANCELS,
+    STARLETTE_HAS_ANYIO,
+)
 from tests.fresh import ROOT, copy_of_the_sources, make_venv, only_json_line, uv, version
 
 pytestmark = [
@@ -32,7 +38,9 @@ outcome = run(stack(answers_after(), *[pass_through] * 4), client_gone_at_once, 
 work = Work()
 after = run(stack(answers_then_works(work), pass_through), client_reads_then_closes(), backend="asyncio")
 call = starlette.middleware.base.BaseHTTPMiddleware.__dict__["__call__"]
+shim = sys.modules.get("starlette_shield_patch")  # loaded by the startup hook, if at all
 print(json.dumps({"at_startup": before, "clean": outcome.clean,
+                  "fixes": list(shim.status().fixes) if shim else [],
                   "no_response_returned": outcome.no_response_returned,
                   "work_done_after_response": work.ended is not None and after.response_over_at < work.ended,
                   "wrapped": type(call).__name__ != "function"}))
@@ -107,6 +115,8 @@ def expect_patched(
         ("On", "on"),
         ("start-only", "start-only"),
         (" Start-Only ", "start-only"),
+        ("without-errors", "without-errors"),
+        ("Without-Errors ", "without-errors"),
         ("0", "off"),
         ("false", "off"),
         (" NO ", "off"),
@@ -123,8 +133,11 @@ def test_each_value_of_the_variable_does_what_the_table_says(
     result = run_in(wheel_python, scenario, env=env)
     report = only_json_line(result)
 
-    arms = kind in ("on", "start-only", "force")
+    arms = kind in ("on", "start-only", "without-errors", "force")
     expect_patched(report, arms, forced=kind == "force", after_response=kind != "start-only")
+    if arms and STARLETTE_AFFECTED:
+        errors = ERRORS_FIX_APPLIES and kind in ("on", "force")
+        assert ("errors" in report["fixes"]) is errors, report
     assert "starlette" not in report["at_startup"] and "anyio" not in report["at_startup"]
     if arms:
         assert report["at_startup"] == ["starlette_shield_patch"]  # wrapt waits for starlette
@@ -228,24 +241,29 @@ def test_doctor_self_test_says_what_each_fix_does(
     assert report["startup_hook"] and report["startup_hook"].endswith("starlette_shield_patch.pth")
     after_response_unpatched = "cancelled" if STARLETTE_CANCELS else "finished"
     if not STARLETTE_AFFECTED:
-        assert (
-            test["without_shim"]
-            == test["with_shim"]
-            == {"response-start": "clean", "after-response": "finished"}
-        )
+        assert test["without_shim"] == test["with_shim"]
+        assert test["without_shim"]["response-start"] == "clean"
+        assert test["without_shim"]["after-response"] == "finished"
         assert result.returncode == 0 and test["ok"]
         return
-    if not STARLETTE_CANCELS:  # the second range: the response-start fix is all there is
-        fixes = min(fixes, 1)
-    assert test["without_shim"] == {
-        "response-start": "No response returned.",
-        "after-response": after_response_unpatched,
-    }
-    assert test["with_shim"] == {
-        "response-start": "clean" if fixes else "No response returned.",
-        "after-response": "finished" if fixes == 2 else after_response_unpatched,
-    }
-    assert test["fixes"] == ["response-start", "after-response"][:fixes]
+    assert test["without_shim"]["response-start"] == "No response returned."
+    assert test["without_shim"]["after-response"] == after_response_unpatched
+    if ERRORS_FIX_APPLIES:
+        assert test["without_shim"]["errors"] != "itself"
+    every_fix = ["response-start", *(["after-response"] if STARLETTE_CANCELS else [])]
+    every_fix += ["errors"] if ERRORS_FIX_APPLIES else []
+    if fixes == 2:
+        assert test["with_shim"] == {
+            "response-start": "clean",
+            "after-response": "finished",
+            "errors": "itself",
+        }
+        assert test["fixes"] == every_fix
+    else:  # start-only leaves the work after the response and the errors as they were
+        assert test["with_shim"]["response-start"] == ("clean" if fixes else "No response returned.")
+        assert test["with_shim"]["after-response"] == after_response_unpatched
+        assert test["with_shim"]["errors"] == test["without_shim"]["errors"]
+        assert test["fixes"] == every_fix[:fixes]
     assert test["ok"] is bool(fixes) and result.returncode == (0 if fixes else 1), result.stderr
 
 
