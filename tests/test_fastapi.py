@@ -11,13 +11,16 @@ import pytest
 pytest.importorskip("fastapi", reason="FastAPI is installed by the nox `fastapi` sessions only")
 
 from fastapi import BackgroundTasks, Depends, FastAPI, Request
-from starlette.responses import Response
+from starlette.responses import JSONResponse, Response
 
-from conftest import shim_state
+from conftest import shim_named, shim_state
 from tests.asgi import (
+    CAPTURES_INNER_ERRORS,
+    GROUPS_ESCAPE,
     STARLETTE_AFFECTED,
     STARLETTE_CANCELS,
     CallNext,
+    Outcome,
     client_gone_at_once,
     client_reads_then_closes,
     client_stays,
@@ -128,3 +131,70 @@ def test_background_tasks_and_dependency_teardown_finish(shim: str, backend: str
         return
     finished = set(ended) == {"teardown", "background"} and over is not None and over < min(ended.values())
     assert finished is (shim == "patched"), (ended, over)
+
+
+class PaymentDeclined(Exception):
+    pass
+
+
+def build_with_handlers(handled: list[str]) -> FastAPI:
+    """An exception handler for Exception (a custom 500), and two @app.middleware("http")
+    functions, the outer one answering 402 for the error it knows."""
+    app = FastAPI()
+
+    @app.exception_handler(Exception)
+    async def server_error(request: Request, exc: Exception) -> Response:
+        handled.append(type(exc).__name__)
+        return JSONResponse({"error": type(exc).__name__}, status_code=500)
+
+    @app.middleware("http")
+    async def log_requests(request: Request, call_next: CallNext) -> Response:
+        return await call_next(request)
+
+    @app.middleware("http")  # the last one added is the outermost
+    async def payments(request: Request, call_next: CallNext) -> Response:
+        try:
+            return await call_next(request)
+        except PaymentDeclined:
+            return JSONResponse({"declined": True}, status_code=402)
+
+    @app.get("/fails")
+    async def fails() -> None:
+        raise KeyError("from the endpoint")
+
+    @app.get("/declined")
+    async def declined() -> None:
+        raise PaymentDeclined
+
+    return app
+
+
+def status_sent(outcome: Outcome) -> int | None:
+    return next(
+        (message["status"] for message in outcome.messages if message["type"] == "http.response.start"), None
+    )
+
+
+@pytest.mark.parametrize("shim_name", ["unpatched", "patched"], ids=["unpatched", "patched"])
+def test_the_exception_handler_and_an_outer_middleware_get_the_error_itself(
+    backend: str, shim_name: str
+) -> None:
+    """0.15.0 and 0.16.0 raise a BaseException group (the app sends nothing), anyio 4 on 0.19 -
+    0.20.4 an ExceptionGroup (the handler gets the group, the outer middleware misses the error)."""
+    handled: list[str] = []
+    with shim_named(shim_name):
+        app = build_with_handlers(handled)
+        failed = run(app, client_stays(), backend=backend, scope=http_scope("GET", "/fails"))
+        declined = run(app, client_stays(), backend=backend, scope=http_scope("GET", "/declined"))
+
+    as_upstream = (
+        handled == ["KeyError"]
+        and status_sent(failed) == 500
+        and type(failed.error) is KeyError  # ServerErrorMiddleware raises it again, for the server
+        and status_sent(declined) == 402
+        and declined.clean
+    )
+    if shim_name == "unpatched" and (not CAPTURES_INNER_ERRORS or GROUPS_ESCAPE):
+        assert not as_upstream, (handled, failed, declined)
+    else:
+        assert as_upstream, (handled, failed, declined)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.asgi import STARLETTE_AFFECTED
+from tests.asgi import GROUPS_ESCAPE, STARLETTE_AFFECTED
 from tests.fresh import only_json_line, run_fresh
 
 pytestmark = [
@@ -91,7 +91,11 @@ sentry_sdk.flush()
 captured_before_remove = exceptions_captured()
 starlette_shield_patch.remove()
 removed = starlette_shield_patch.status()
+captured.clear()
+outcome(app, "/boom", gone=False)
+sentry_sdk.flush()
 report(fixed=fixed, boom=boom, captured=captured_before_remove, status_patched=status.patched,
+       captured_unpatched=exceptions_captured(),
        after_remove=outcome(app), removed_reason=removed.reason, removed_patched=removed.patched,
        spans=sorted(set(span.get("op", "") for event in captured for span in event.get("spans", []))))
 """
@@ -102,6 +106,9 @@ report(fixed=fixed, boom=boom, captured=captured_before_remove, status_patched=s
     assert report["boom"] == ["ValueError"]
     assert "ValueError" in report["captured"], report["captured"]  # sentry still does its job
     assert "RuntimeError" not in report["captured"]  # and it saw no "No response returned."
+    assert "ExceptionGroup" not in report["captured"]  # the event has the error's own type
+    if GROUPS_ESCAPE:  # and it is the shim that makes it so
+        assert "ExceptionGroup" in report["captured_unpatched"], report["captured_unpatched"]
     assert "middleware.starlette" in report["spans"]
     assert report["removed_patched"] is False
     assert report["after_remove"] == "No response returned."  # remove() really took the fix away
