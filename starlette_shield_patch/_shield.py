@@ -65,15 +65,14 @@ class InForce:
         "late_error",
         "own_error",
         "runs",
-        "start_first",
         "wraps_call_next",
         "wraps_dispatch",
         "wraps_layer",
     )
 
     def __init__(self, names: Iterable[str]) -> None:
+        # start-first is in force wherever the shim patches (the response-start fix is never off).
         names = set(names)
-        self.start_first = "start-first" in names
         self.drop_broken_send = "drop-broken-send" in names
         self.finish_runs = "finish-runs" in names
         self.own_error = "own-error" in names
@@ -91,7 +90,7 @@ class InForce:
 
 # What the request path does; written only by _patch._request_path. None: every call passes
 # through (remove() had to leave the wrapper in place under someone else's).
-in_force: InForce | None = InForce(())
+in_force: InForce | None = None
 
 
 async def _deliver_start(stream: MemoryObjectSendStream[Message], message: Message, send: Send) -> None:
@@ -235,15 +234,12 @@ class _Run:
         """Run the inner app in call_next's task, as starlette would."""
         pieces = self._pieces
         try:
-            await app(scope, self.receive if pieces.finish_runs else self._receive, self.send)
+            if pieces.finish_runs:
+                await app(scope, self.receive, self.send)
+            else:
+                await app(scope, self._receive, self.watch)
         except Exception as exc:
-            if self.over:
-                if not pieces.keeps_late:
-                    raise
-                # Work after the response failed. starlette would drop it (or never get that
-                # far); the layer raises it once its own response is done, for the server to log.
-                self.late = exc
-            elif (
+            if (
                 pieces.drop_broken_send
                 and isinstance(exc, BrokenResourceError)
                 and not self._stream.statistics().open_receive_streams
@@ -251,6 +247,12 @@ class _Run:
                 # drop-broken-send: a send after the layer stopped reading its body. 0.17.0 and
                 # later capture it and drop it; 0.15.0 and 0.16.0 would end the request with it.
                 return
+            if self.over:
+                if not pieces.keeps_late:
+                    raise
+                # Work after the response failed. starlette would drop it (or never get that
+                # far); the layer raises it once its own response is done, for the server to log.
+                self.late = exc
             elif pieces.body_error if self.started else pieces.own_error:
                 self.failed = exc  # raised by call_next, or where the body ends
             else:
@@ -260,10 +262,20 @@ class _Run:
             if self._on_end is not None:
                 self._on_end.set()
 
+    def watch(self, message: Message) -> Awaitable[None]:
+        """The inner app's send where the run is not let finish: call_next's, start first, noting
+        how far the response got. A plain function: no coroutine of ours per body chunk."""
+        if message["type"] == "http.response.start":
+            self.started = True
+            return _deliver_start(self._stream, message, self._send)
+        if _is_last(message):
+            self.over = True  # what it raises from now on comes after its response
+        return self._send(message)
+
     async def send(self, message: Message) -> None:
-        """The inner app's send: call_next's, start first; dropped once the response is over."""
-        pieces = self._pieces
-        if self.over and pieces.finish_runs:
+        """The inner app's send (finish-runs): call_next's, start first; dropped once the response
+        is over."""
+        if self.over:
             # As 0.21.0: nobody reads what an inner app sends once its response is over. Still a
             # checkpoint, as anyio's send is: an app that sends in a loop until it is told of the
             # disconnect must not keep the event loop from telling it.
@@ -272,22 +284,16 @@ class _Run:
         try:
             if message["type"] == "http.response.start":
                 self.started = True
-                if pieces.start_first:
-                    await _deliver_start(self._stream, message, self._send)
-                else:
-                    await self._send(message)
+                await _deliver_start(self._stream, message, self._send)
                 return
             await self._send(message)
             if _is_last(message):
                 self.over = True
-                if pieces.finish_runs:
-                    # starlette#919: before 0.20.1 the layer's body ends only when this stream
-                    # closes, which starlette does when the inner app returns, after its
-                    # background work. Close it now.
-                    await self._stream.aclose()
+                # starlette#919: before 0.20.1 the layer's body ends only when this stream
+                # closes, which starlette does when the inner app returns, after its background
+                # work. Close it now.
+                await self._stream.aclose()
         except (BrokenResourceError, ClosedResourceError):
-            if not pieces.finish_runs:
-                raise
             # The layer stopped reading (its response was cut short, or is done and finish()
             # closed the stream): dropped, as 0.21.0 drops it.
             self.over = True
@@ -388,7 +394,7 @@ def _app(
     app: App, pieces: InForce, runs: list[_Run], scope: Any, receive: Receive, send: Send
 ) -> Awaitable[None]:
     if not pieces.runs:
-        return app(scope, receive, _start_first(send) if pieces.start_first else send)
+        return app(scope, receive, _start_first(send))
     stream = _call_next_stream(send)
     if stream is None:  # pragma: no cover  # see _call_next_stream
         return app(scope, receive, send)
@@ -522,10 +528,9 @@ def wrapper_for(original: Callable[..., Awaitable[None]]) -> Callable[..., Await
         pieces = in_force
         if pieces is not None and len(args) == 3 and args[0]["type"] == "http":
             scope, receive, send = args
-            if pieces.start_first:
-                code = getattr(receive, "__code__", None)
-                if code is not _sticky and code is not _inner_receive:  # the outermost layer
-                    receive = _disconnect_sticks(receive)
+            code = getattr(receive, "__code__", None)
+            if code is not _sticky and code is not _inner_receive:  # the outermost layer
+                receive = _disconnect_sticks(receive)
             stand_in = stand_in_class(instance, pieces)
             call = original(stand_in, scope, receive, send, **kwargs)
             return _layer(call, pieces, stand_in.runs) if pieces.wraps_layer else call

@@ -41,7 +41,13 @@ from tests.asgi import (
     stack,
 )
 
-pytestmark = pytest.mark.skipif(not STARLETTE_HAS_ANYIO, reason="needs an anyio BaseHTTPMiddleware")
+pytestmark = [
+    pytest.mark.skipif(not STARLETTE_HAS_ANYIO, reason="needs an anyio BaseHTTPMiddleware"),
+    pytest.mark.skipif(
+        not STARLETTE_AFFECTED and STARLETTE_RELEASE < (0, 46, 0),
+        reason="left alone by the shim (it has the disconnect fix) but without every errors fix",
+    ),
+]
 
 Dispatch = Callable[[Request, CallNext], Awaitable[Response]]
 
