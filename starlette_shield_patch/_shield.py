@@ -57,6 +57,7 @@ class InForce:
 
     __slots__ = (
         "body_error",
+        "close_discarded",
         "close_streams",
         "collapse_groups",
         "drop_broken_send",
@@ -80,12 +81,16 @@ class InForce:
         self.collapse_groups = "collapse-groups" in names
         self.late_error = "late-error" in names
         self.close_streams = "close-streams" in names
+        self.close_discarded = "close-discarded-streams" in names
         # Where they hook in, so that a request pays only for the hooks its pieces need.
         self.keeps_late = self.finish_runs or self.late_error  # a run keeps an error after its response
         self.wraps_call_next = self.own_error or self.body_error
         self.runs = self.keeps_late or self.wraps_call_next or self.drop_broken_send
-        self.wraps_dispatch = self.finish_runs or self.wraps_call_next
+        self.wraps_dispatch = (
+            self.finish_runs or self.wraps_call_next or self.close_streams or self.close_discarded
+        )
         self.wraps_layer = self.keeps_late or self.collapse_groups or self.close_streams
+        self.close_streams = self.close_streams or self.close_discarded
 
 
 # What the request path does; written only by _patch._request_path. None: every call passes
@@ -383,11 +388,20 @@ async def _body_then_error(body: AsyncIterator[bytes], run: _Run) -> AsyncIterat
         raise failed
 
 
-async def _dispatch(dispatch: Any, pieces: InForce, runs: list[_Run], request: Any, call_next: Any) -> Any:
+def _dispatch(
+    dispatch: Any, pieces: InForce, runs: list[_Run], calls: list[Any], request: Any, call_next: Any
+) -> Awaitable[Any]:
+    if pieces.close_streams:
+        call_next = _keeping_calls(call_next, calls)
     if pieces.wraps_call_next:
         call_next = _calls_next_raising(call_next, pieces, runs)
-    response = await dispatch(request, call_next)
-    return _ThenFinish(response, runs) if pieces.finish_runs else response
+    if pieces.finish_runs:
+        return _then_finish(dispatch(request, call_next), runs)
+    return dispatch(request, call_next)  # type: ignore[no-any-return]
+
+
+async def _then_finish(response: Awaitable[Any], runs: list[_Run]) -> _ThenFinish:
+    return _ThenFinish(await response, runs)
 
 
 def _app(
@@ -415,43 +429,57 @@ def _collapse(group: BaseException) -> BaseException:
     return error
 
 
-async def _layer(call: Awaitable[None], pieces: InForce, runs: list[_Run]) -> None:
-    """The layer as a whole: what escapes it, and the errors its runs kept for after the response."""
+async def _layer(call: Awaitable[None], pieces: InForce, stand_in: Any) -> None:
+    """The layer as a whole: what escapes it, the streams it leaves, and the errors its runs kept
+    for after the response."""
     try:
         await call
     except BaseException as exc:
         if pieces.close_streams:
-            _close_streams(exc)
+            _close_streams(stand_in.calls)
         if pieces.collapse_groups and isinstance(exc, _BaseExceptionGroup):
             error = _collapse(exc)
             if error is not exc:
                 raise error from _origin(error)
         raise
-    for run in runs:
+    if pieces.close_discarded:
+        _close_streams(stand_in.calls)
+    elif pieces.close_streams:
+        stand_in.calls.clear()  # the frames hold the stand-in: let it go without the cyclic GC
+    for run in stand_in.runs:
         if run.late is not None:
             # late-error (starlette#2812), finish-runs: once the layer's response is complete.
             late, run.late = run.late, None
             raise late
 
 
-def _close_streams(error: BaseException) -> None:
-    """close-streams: close the memory streams that call_next left open on this error."""
-    # starlette#2813 (0.45.1): when the endpoint or the dispatch raises, call_next's receiving
-    # stream is never closed, and anyio 4 warns about it when it is collected (ResourceWarning:
-    # a test suite run with -W error fails). call_next's frames are in the tracebacks of the
-    # error and of what a group holds.
-    pending = [error]
-    while pending:
-        error = pending.pop()
-        pending.extend(getattr(error, "exceptions", ()))
-        traceback = error.__traceback__
-        while traceback is not None:
-            frame = traceback.tb_frame
-            if frame.f_code.co_name == "call_next":
-                stream = frame.f_locals.get("recv_stream")
-                if type(stream) is MemoryObjectReceiveStream:
-                    stream.close()
-            traceback = traceback.tb_next
+def _keeping_calls(call_next: Any, calls: list[Any]) -> Any:
+    """close-streams: call_next, keeping the frame of each call (a plain function: no coroutine)."""
+
+    def call_next_kept(request: Any) -> Any:
+        call = call_next(request)
+        frame = getattr(call, "cr_frame", None)
+        if frame is not None:
+            calls.append(frame)
+        return call
+
+    return call_next_kept
+
+
+def _close_streams(calls: list[Any]) -> None:
+    """close-streams: close the memory streams of each call_next, now that the layer is done."""
+    # starlette#2813 (0.45.1): call_next creates its streams and closes the receiving one only
+    # once the body is read to its end (0.19 - 0.20.4) or the response is sent (0.28 - 0.38.2).
+    # When the endpoint or the dispatch raises, the dispatch answers by itself, or the request is
+    # cancelled, that never happens, and anyio 4 warns when the stream is collected
+    # (ResourceWarning: a test suite run with -W error fails). Closing twice does nothing.
+    for frame in calls:
+        names = frame.f_locals
+        for name in ("send_stream", "recv_stream"):
+            stream = names.get(name)
+            if isinstance(stream, (MemoryObjectSendStream, MemoryObjectReceiveStream)):
+                stream.close()
+    calls.clear()  # the frames hold the stand-in: let it go without the cyclic GC
 
 
 # The stand-ins: what starlette's __call__ gets as `self`. starlette's own __call__ reads only
@@ -461,16 +489,18 @@ def _close_streams(error: BaseException) -> None:
 
 
 class _StandIn:
-    __slots__ = ("_middleware", "_pieces", "dispatch_func", "runs")
+    __slots__ = ("_middleware", "_pieces", "calls", "dispatch_func", "runs")
 
     def __init__(self, middleware: Any, pieces: InForce) -> None:
         self._middleware = middleware
         self._pieces = pieces
         self.runs: list[_Run] = []
+        self.calls: list[Any] = []  # close-streams: the frames of call_next's calls
         self.dispatch_func = self._dispatch if pieces.wraps_dispatch else middleware.dispatch_func
 
     def _dispatch(self, request: Any, call_next: Any) -> Awaitable[Any]:
-        return _dispatch(self._middleware.dispatch_func, self._pieces, self.runs, request, call_next)
+        middleware = self._middleware
+        return _dispatch(middleware.dispatch_func, self._pieces, self.runs, self.calls, request, call_next)
 
     def app(self, scope: Any, receive: Receive, send: Send) -> Awaitable[None]:
         return _app(self._middleware.app, self._pieces, self.runs, scope, receive, send)
@@ -484,10 +514,15 @@ class _ProxyStandIn(_Proxy):
         super().__init__(middleware)
         self._self_pieces = pieces
         self._self_runs: list[_Run] = []
+        self._self_calls: list[Any] = []
 
     @property
     def runs(self) -> list[_Run]:
         return self._self_runs
+
+    @property
+    def calls(self) -> list[Any]:
+        return self._self_calls
 
     @property
     def dispatch_func(self) -> Any:
@@ -496,9 +531,8 @@ class _ProxyStandIn(_Proxy):
         return self.__wrapped__.dispatch_func
 
     def _self_dispatch(self, request: Any, call_next: Any) -> Awaitable[Any]:
-        return _dispatch(
-            self.__wrapped__.dispatch_func, self._self_pieces, self._self_runs, request, call_next
-        )
+        wrapped, pieces = self.__wrapped__, self._self_pieces
+        return _dispatch(wrapped.dispatch_func, pieces, self._self_runs, self._self_calls, request, call_next)
 
     def app(self, scope: Any, receive: Receive, send: Send) -> Awaitable[None]:
         return _app(self.__wrapped__.app, self._self_pieces, self._self_runs, scope, receive, send)
@@ -533,7 +567,7 @@ def wrapper_for(original: Callable[..., Awaitable[None]]) -> Callable[..., Await
                 receive = _disconnect_sticks(receive)
             stand_in = stand_in_class(instance, pieces)
             call = original(stand_in, scope, receive, send, **kwargs)
-            return _layer(call, pieces, stand_in.runs) if pieces.wraps_layer else call
+            return _layer(call, pieces, stand_in) if pieces.wraps_layer else call
         return original(instance, *args, **kwargs)
 
     return patched_call
