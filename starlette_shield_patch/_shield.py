@@ -7,8 +7,8 @@ starlette's own __call__ with a stand-in `self`. starlette reads two attributes 
 - `app`, which call_next runs: the inner app's `send` delivers `http.response.start` despite a
   pending cancellation (start-first); where a piece needs to know how the inner app did, it runs
   in a `_Run` (finish-runs, own-error, body-error, late-error, drop-broken-send);
-- `dispatch_func`: the call_next that the dispatch gets (own-error, body-error), and the
-  response it returns, which lets the runs finish once it is sent (finish-runs);
+- `dispatch_func`: the call_next that the dispatch gets (own-error, body-error, close-streams),
+  and the response it returns, which lets the runs finish once it is sent (finish-runs);
 - the layer as a whole (`_layer`): what escapes it (collapse-groups, close-streams), and the
   errors that the runs kept for after the response (late-error, finish-runs).
 
@@ -81,16 +81,13 @@ class InForce:
         self.collapse_groups = "collapse-groups" in names
         self.late_error = "late-error" in names
         self.close_streams = "close-streams" in names
-        self.close_discarded = "close-discarded-streams" in names
+        self.close_discarded = "close-discarded-streams" in names  # on releases with close-streams
         # Where they hook in, so that a request pays only for the hooks its pieces need.
         self.keeps_late = self.finish_runs or self.late_error  # a run keeps an error after its response
         self.wraps_call_next = self.own_error or self.body_error
         self.runs = self.keeps_late or self.wraps_call_next or self.drop_broken_send
-        self.wraps_dispatch = (
-            self.finish_runs or self.wraps_call_next or self.close_streams or self.close_discarded
-        )
+        self.wraps_dispatch = self.finish_runs or self.wraps_call_next or self.close_streams
         self.wraps_layer = self.keeps_late or self.collapse_groups or self.close_streams
-        self.close_streams = self.close_streams or self.close_discarded
 
 
 # What the request path does; written only by _patch._request_path. None: every call passes

@@ -54,6 +54,14 @@ if not STARLETTE_CANCELS:  # 0.28 - 0.38.2 with two layers: whether it shows is 
     MAY_SHOW_IT = {"uvicorn": {BEFORE_BODY, WHILE_WORKING}, "hypercorn": {BEFORE_BODY, WHILE_WORKING}}
 
 
+def together(clients: list[threading.Thread]) -> None:
+    """Start the clients at once, then wait for each (15 s at most)."""
+    for thread in clients:
+        thread.start()
+    for thread in clients:
+        thread.join(timeout=15)
+
+
 def serve_clients(server_name: str, case: str, shim: bool) -> tuple[Server, list[bytes], int]:
     kind, loop = SERVERS[server_name]
     if loop == "uvloop":
@@ -127,10 +135,7 @@ def test_many_layers_and_clients_that_leave(shim: str, server_name: str, layers:
             threading.Thread(target=leave_after, args=(server.port, request_bytes("GET", path, b""), seconds))
             for _ in range(20)
         ]
-        for thread in leaving_clients:
-            thread.start()
-        for thread in leaving_clients:
-            thread.join(timeout=15)
+        together(leaving_clients)
         answer = exchange(server.port, request_bytes("GET", "/hello", b""))
         left = drain(server.port)
 
@@ -188,14 +193,12 @@ def test_an_endpoint_error_is_logged_as_itself_with_no_false_no_response_returne
     delays = random.Random(1262).choices([0.0, 0.001, 0.002, 0.003], k=300)
     with serving("demo.servers_app:app", shim=shim == "patched") as server:
         for batch in range(0, len(delays), 5):
-            leaving = [
-                threading.Thread(target=leave_after, args=(server.port, INCOMPLETE_ECHO, delay))
-                for delay in delays[batch : batch + 5]
-            ]
-            for thread in leaving:
-                thread.start()
-            for thread in leaving:
-                thread.join(timeout=15)
+            together(
+                [
+                    threading.Thread(target=leave_after, args=(server.port, INCOMPLETE_ECHO, delay))
+                    for delay in delays[batch : batch + 5]
+                ]
+            )
         answer = exchange(server.port, request_bytes("POST", "/echo", b"stay"))
         left = drain(server.port)
 
