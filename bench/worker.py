@@ -66,8 +66,10 @@ def set_variant(variant: str) -> None:
 
     starlette_shield_patch.remove()
     BaseHTTPMiddleware.__call__ = ORIGINAL  # type: ignore[method-assign]
-    if variant in ("patched", "start-only"):
-        starlette_shield_patch.apply(after_response=variant == "patched")
+    if variant in ("patched", "without-errors", "start-only"):
+        # start-only: the response-start fix alone; without-errors: every fix but the errors fix.
+        after_response = variant != "start-only"
+        starlette_shield_patch.apply(after_response=after_response, errors=variant == "patched")
         assert starlette_shield_patch.status().patched, starlette_shield_patch.status()
     elif variant == "empty-wrapt":
         BaseHTTPMiddleware.__call__ = wrapt.FunctionWrapper(ORIGINAL, empty_wrapper)  # type: ignore[method-assign]
