@@ -84,7 +84,7 @@ class InForce:
         self.close_discarded = "close-discarded-streams" in names  # on releases with close-streams
         # Where they hook in, so that a request pays only for the hooks its pieces need.
         self.keeps_late = self.finish_runs or self.late_error  # a run keeps an error after its response
-        self.wraps_call_next = self.own_error or self.body_error
+        self.wraps_call_next = self.body_error  # every release with own-error has body-error too
         self.runs = self.keeps_late or self.wraps_call_next or self.drop_broken_send
         self.wraps_dispatch = self.finish_runs or self.wraps_call_next or self.close_streams
         self.wraps_layer = self.keeps_late or self.collapse_groups or self.close_streams
@@ -352,21 +352,21 @@ def _origin(error: BaseException) -> BaseException | None:
 
 
 def _calls_next_raising(call_next: Any, pieces: InForce, runs: list[_Run]) -> Any:
-    """own-error, body-error: call_next raises the inner app's error, and so does its body."""
+    """body-error, own-error: call_next's body raises the inner app's error, and so does call_next."""
 
     async def call_next_raising(request: Any) -> Any:
         try:
             response = await call_next(request)
         except RuntimeError as exc:
             # starlette#1262 (0.17.0): 0.15.0 and 0.16.0 say "No response returned." where the
-            # inner app failed before its response; the run kept that error instead.
-            failed = runs[-1].failed if runs else None
+            # inner app failed before its response (own-error); the run kept that error instead.
+            failed = runs[-1].failed if pieces.own_error and runs else None
             if failed is None or str(exc) != "No response returned.":
                 raise
             runs[-1].failed = None
             raise failed from _origin(failed)
-        if pieces.body_error and runs:
-            response.body_iterator = _body_then_error(response.body_iterator, runs[-1])
+        # call_next returns once a run has sent its start: the last run is the response's.
+        response.body_iterator = _body_then_error(response.body_iterator, runs[-1])
         return response
 
     return call_next_raising
@@ -455,9 +455,7 @@ def _keeping_calls(call_next: Any, calls: list[Any]) -> Any:
 
     def call_next_kept(request: Any) -> Any:
         call = call_next(request)
-        frame = getattr(call, "cr_frame", None)
-        if frame is not None:
-            calls.append(frame)
+        calls.append(call.cr_frame)  # call_next is an async def on every release with this piece
         return call
 
     return call_next_kept
@@ -474,7 +472,8 @@ def _close_streams(calls: list[Any]) -> None:
         names = frame.f_locals
         for name in ("send_stream", "recv_stream"):
             stream = names.get(name)
-            if isinstance(stream, (MemoryObjectSendStream, MemoryObjectReceiveStream)):
+            # pragma: no branch: only a call_next called but never awaited would have none.
+            if isinstance(stream, (MemoryObjectSendStream, MemoryObjectReceiveStream)):  # pragma: no branch
                 stream.close()
     calls.clear()  # the frames hold the stand-in: let it go without the cyclic GC
 

@@ -225,6 +225,19 @@ def test_an_error_the_dispatch_caught_is_not_raised_again(backend: str, shim: st
         assert outcome.clean and outcome.messages[0]["status"] == 418, outcome
 
 
+@pytest.mark.parametrize("layers", [1, 2])
+def test_an_app_that_returns_no_response_still_says_so(backend: str, layers: int) -> None:
+    """The message stays where it is true: the inner app returned without a response."""
+
+    async def says_nothing(scope: Scope, receive: Receive, send: Send) -> None:
+        await Request(scope, receive).body()
+
+    with shim_named("patched"):
+        outcome = run(stack(says_nothing, *[pass_through] * layers), client_stays(), backend=backend)
+
+    assert outcome.no_response_returned and not outcome.messages, outcome
+
+
 @pytest.mark.skipif(
     ANYIO_MAJOR < 4,
     reason="anyio 3's ExceptionGroup is a BaseException: starlette lets it out of call_next's task "
