@@ -2,8 +2,8 @@
 
 Outcomes, the same words in the doctor, the tests and the demo: "clean" or "No response
 returned." for the disconnect; "finished" or "cancelled" for the work after the response;
-"itself", "swallowed" or what came out instead for an error; the name of the exception for
-anything else.
+"itself", "swallowed", "past call_next" (not raised where the dispatch awaits it) or what came
+out instead for an error; the name of the exception for anything else.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ FINISHED = "finished"
 CANCELLED = "cancelled"
 ITSELF = "itself"
 SWALLOWED = "swallowed"
+PAST_CALL_NEXT = "past call_next"  # the error itself, but not raised where the dispatch awaits
 
 
 def http_scope(method: str = "POST", path: str = "/") -> Any:
@@ -94,8 +95,9 @@ def after_response_outcome() -> str:
 
 
 def errors_outcome() -> str:
-    """Two pass-through layers; an endpoint that fails before its response, then one whose
-    background task fails after it: each error should come out of the layers as itself."""
+    """Two layers, the outer one answering 418 for the error it knows: an endpoint that raises it
+    before its response; then two pass-through layers over an endpoint whose background task
+    fails after its response. Each error should come out as itself: caught, then raised."""
     import anyio
     from starlette.background import BackgroundTask
     from starlette.responses import PlainTextResponse
@@ -105,6 +107,12 @@ def errors_outcome() -> str:
 
     async def fails_before(scope: Any, receive: Any, send: Any) -> None:
         raise SelfTestError
+
+    async def catches(request: Any, call_next: Any) -> Any:
+        try:
+            return await call_next(request)
+        except SelfTestError:
+            return PlainTextResponse("caught", status_code=418)
 
     async def fail() -> None:
         await anyio.sleep(0.005)
@@ -116,14 +124,17 @@ def errors_outcome() -> str:
     def client_waits(calls: int, response_over: bool) -> dict[str, Any] | None:
         return {"type": "http.request", "body": b"", "more_body": False} if calls == 1 else None
 
-    for endpoint in (fails_before, fails_after):
-        escaped: list[BaseException] = []
-        what = _request(endpoint, layers=2, client=client_waits, escaped=escaped)
+    escaped: list[BaseException] = []
+    what = _request(fails_before, layers=2, client=client_waits, escaped=escaped, outer=catches)
+    if what is None:  # caught: now the one raised after the response
+        what = _request(fails_after, layers=2, client=client_waits, escaped=escaped)
         if what is None:
             return SWALLOWED
-        if type(escaped[0]) is not SelfTestError:
-            return what if what == NO_RESPONSE_RETURNED else type(escaped[0]).__name__
-    return ITSELF
+        if type(escaped[0]) is SelfTestError:
+            return ITSELF
+    elif type(escaped[0]) is SelfTestError:  # out of the layers, but around the outer dispatch
+        return PAST_CALL_NEXT
+    return what if what == NO_RESPONSE_RETURNED else type(escaped[0]).__name__
 
 
 def _request(
@@ -132,9 +143,10 @@ def _request(
     layers: int,
     client: Callable[[int, bool], dict[str, Any] | None],
     escaped: list[BaseException] | None = None,
+    outer: Any = None,
 ) -> str | None:
-    """One request through `layers` pass-through layers; None, or what it raised (itself in
-    `escaped`)."""
+    """One request through `layers` pass-through layers (the outermost with the dispatch `outer`
+    instead, if given); None, or what it raised (itself in `escaped`)."""
     import anyio
     from starlette.middleware.base import BaseHTTPMiddleware
     from starlette.requests import Request
@@ -144,8 +156,8 @@ def _request(
         return await call_next(request)  # type: ignore[no-any-return]
 
     app = endpoint
-    for _ in range(layers):
-        app = BaseHTTPMiddleware(app, pass_through)
+    for layer in range(layers):
+        app = BaseHTTPMiddleware(app, outer if outer and layer == layers - 1 else pass_through)
     calls = 0
     received = 0  # body bytes the client has read
     errors: list[BaseException] = []
