@@ -8,6 +8,7 @@ same assertions unpatched); on the releases that have the defect, the unpatched 
 from __future__ import annotations
 
 import gc
+import sys
 import warnings
 from typing import AsyncIterator, Awaitable, Callable
 
@@ -40,6 +41,7 @@ from tests.asgi import (
     run,
     stack,
 )
+from tests.fresh import version
 
 pytestmark = [
     pytest.mark.skipif(not STARLETTE_HAS_ANYIO, reason="needs an anyio BaseHTTPMiddleware"),
@@ -309,12 +311,19 @@ def test_no_stream_is_left_open_on_an_error(backend: str, shim: str, scenario: s
         assert not unclosed
 
 
-def test_requests_one_after_another_in_one_task_get_their_own_answers(backend: str) -> None:
-    """httpx's ASGITransport runs each request in the test's task: on 0.15.0 a failed streamed
-    response left a cancellation behind for the next request there."""
+# Seen on Python 3.11 with anyio 3.7 under asyncio (not with anyio 3.0, nor on 3.7, 3.8 or 3.13).
+LEAKS_A_CANCELLATION = (
+    not CAPTURES_INNER_ERRORS and sys.version_info[:2] == (3, 11) and version("anyio").startswith("3.7.")
+)
+
+
+@pytest.mark.parametrize("shim", ["unpatched", "patched"])
+def test_requests_one_after_another_in_one_task_get_their_own_answers(backend: str, shim: str) -> None:
+    """httpx's ASGITransport runs each request in the test's task: on 0.15.0 and 0.16.0 a failed
+    streamed response can leave a cancellation behind for the next request there."""
     app = stack(body_raises, pass_through)
     then = stack(answers, pass_through)
-    outcomes: list[BaseException | bytes] = []
+    outcomes: list[str | bytes] = []
 
     async def one(app: ASGIApp) -> None:
         bodies: list[bytes] = []
@@ -326,8 +335,8 @@ def test_requests_one_after_another_in_one_task_get_their_own_answers(backend: s
 
         try:
             await app(http_scope(), client_stays(), send)
-        except MyError as error:
-            outcomes.append(error)
+        except BaseException as error:  # a cancellation that was not ours is what this is about
+            outcomes.append(type(error).__name__)
             return
         outcomes.append(b"".join(bodies))
 
@@ -337,8 +346,11 @@ def test_requests_one_after_another_in_one_task_get_their_own_answers(backend: s
             await one(then)
             await one(then)
 
-    with shim_named("patched"):
+    with shim_named(shim):
         anyio.run(main, backend=backend)
 
-    assert [type(outcome) for outcome in outcomes[:1]] == [MyError]
-    assert outcomes[1:] == [b"done", b"done"]
+    own_answers = outcomes == ["MyError", b"done", b"done"]
+    if shim == "unpatched" and LEAKS_A_CANCELLATION and backend == "asyncio":
+        assert not own_answers and outcomes[1] == "CancelledError", outcomes
+    elif shim == "patched":
+        assert own_answers, outcomes
