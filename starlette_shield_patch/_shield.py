@@ -434,10 +434,9 @@ async def _layer(call: Awaitable[None], pieces: InForce, stand_in: Any) -> None:
     except BaseException as exc:
         if pieces.close_streams:
             _close_streams(stand_in.calls)
-        if pieces.collapse_groups and isinstance(exc, _BaseExceptionGroup):
+        if pieces.collapse_groups and isinstance(exc, _BaseExceptionGroup) and len(exc.exceptions) == 1:
             error = _collapse(exc)
-            if error is not exc:
-                raise error from _origin(error)
+            raise error from _origin(error)
         raise
     if pieces.close_discarded:
         _close_streams(stand_in.calls)
