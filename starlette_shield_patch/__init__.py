@@ -1,4 +1,5 @@
-"""Fix BaseHTTPMiddleware of starlette 0.15.0 - 0.20.4: the lost response start, the cancelled work."""
+"""Fix BaseHTTPMiddleware of starlette 0.15.0 - 0.20.4 and 0.28.0 - 0.38.2: the lost response start,
+the cancelled work, the errors that do not come out as themselves."""
 
 from . import _patch
 from ._patch import ShieldStatus, apply, remove, status

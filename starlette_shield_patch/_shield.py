@@ -65,6 +65,7 @@ class InForce:
         "keeps_late",
         "late_error",
         "own_error",
+        "raises_kept",
         "runs",
         "wraps_call_next",
         "wraps_dispatch",
@@ -87,7 +88,10 @@ class InForce:
         self.wraps_call_next = self.body_error  # every release with own-error has body-error too
         self.runs = self.keeps_late or self.wraps_call_next or self.drop_broken_send
         self.wraps_dispatch = self.finish_runs or self.wraps_call_next or self.close_streams
-        self.wraps_layer = self.keeps_late or self.collapse_groups or self.close_streams
+        # finish-runs raises what its runs kept itself (_ThenFinish); a layer coroutine is paid
+        # only where a piece needs one.
+        self.raises_kept = self.late_error or (self.body_error and not self.finish_runs)
+        self.wraps_layer = self.raises_kept or self.collapse_groups or self.close_streams
 
 
 # What the request path does; written only by _patch._request_path. None: every call passes
@@ -343,6 +347,18 @@ class _ThenFinish:
         for run in self._runs:
             if not run.ended:  # most have returned already, and cost no coroutine here
                 await run.finish()
+        _raise_kept(self._runs)
+
+
+def _raise_kept(runs: list[_Run]) -> None:
+    """late-error (starlette#2812), finish-runs: the error a run raised after its response, once
+    the layer's response is complete; and, as the newest starlette does, an error that neither
+    call_next nor its body raised (the dispatch answered by itself)."""
+    for run in runs:
+        error = run.late or run.failed
+        if error is not None:
+            run.late = run.failed = None
+            raise error
 
 
 def _origin(error: BaseException) -> BaseException | None:
@@ -442,11 +458,8 @@ async def _layer(call: Awaitable[None], pieces: InForce, stand_in: Any) -> None:
         _close_streams(stand_in.calls)
     elif pieces.close_streams:
         stand_in.calls.clear()  # the frames hold the stand-in: let it go without the cyclic GC
-    for run in stand_in.runs:
-        if run.late is not None:
-            # late-error (starlette#2812), finish-runs: once the layer's response is complete.
-            late, run.late = run.late, None
-            raise late
+    if pieces.raises_kept:
+        _raise_kept(stand_in.runs)
 
 
 def _keeping_calls(call_next: Any, calls: list[Any]) -> Any:
@@ -484,14 +497,19 @@ def _close_streams(calls: list[Any]) -> None:
 
 
 class _StandIn:
-    __slots__ = ("_middleware", "_pieces", "calls", "dispatch_func", "runs")
+    __slots__ = ("_middleware", "_pieces", "calls", "runs")
 
     def __init__(self, middleware: Any, pieces: InForce) -> None:
         self._middleware = middleware
         self._pieces = pieces
         self.runs: list[_Run] = []
         self.calls: list[Any] = []  # close-streams: the frames of call_next's calls
-        self.dispatch_func = self._dispatch if pieces.wraps_dispatch else middleware.dispatch_func
+
+    @property
+    def dispatch_func(self) -> Any:
+        # A property, not a bound method kept in a slot: that would make each stand-in a
+        # reference cycle, freed only by the cyclic garbage collector.
+        return self._dispatch if self._pieces.wraps_dispatch else self._middleware.dispatch_func
 
     def _dispatch(self, request: Any, call_next: Any) -> Awaitable[Any]:
         middleware = self._middleware

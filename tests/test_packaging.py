@@ -159,6 +159,7 @@ def test_the_metadata_a_pypi_page_shows(dists: tuple[Path, Path]) -> None:
     requires = meta.get_all("Requires-Dist", [])
 
     assert "No response returned." in meta["Summary"] and "background tasks" in meta["Summary"]
+    assert "exception groups" in meta["Summary"]
     assert meta["Requires-Python"] == ">=3.7"
     pythons = [
         c.rsplit(" ", 1)[-1] for c in classifiers if c.startswith("Programming Language :: Python :: 3.")
