@@ -10,7 +10,8 @@ starlette's own __call__ with a stand-in `self`. starlette reads two attributes 
 - `dispatch_func`: the call_next that the dispatch gets (own-error, body-error, close-streams),
   and the response it returns, which lets the runs finish once it is sent (finish-runs);
 - the layer as a whole (`_layer`): what escapes it (collapse-groups, close-streams), and the
-  errors that the runs kept for after the response (late-error, finish-runs).
+  errors that the runs kept for after the response (late-error; with finish-runs, _ThenFinish
+  raises them itself).
 
 Which pieces a release needs is said once, in _guard.PIECES; `InForce` is that set of names as
 the request path reads it.
