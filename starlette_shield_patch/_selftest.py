@@ -126,14 +126,14 @@ def errors_outcome() -> str:
 
     escaped: list[BaseException] = []
     what = _request(fails_before, layers=2, client=client_waits, escaped=escaped, outer=catches)
-    if what is None:  # caught: now the one raised after the response
+    caught = what is None
+    if caught:  # now the one raised after the response
         what = _request(fails_after, layers=2, client=client_waits, escaped=escaped)
-        if what is None:
-            return SWALLOWED
-        if type(escaped[0]) is SelfTestError:
-            return ITSELF
-    elif type(escaped[0]) is SelfTestError:  # out of the layers, but around the outer dispatch
-        return PAST_CALL_NEXT
+    if what is None:
+        return SWALLOWED
+    if type(escaped[0]) is SelfTestError:
+        # Not caught, the error came out of the layers around the outer dispatch, not through it.
+        return ITSELF if caught else PAST_CALL_NEXT
     return what if what == NO_RESPONSE_RETURNED else type(escaped[0]).__name__
 
 
