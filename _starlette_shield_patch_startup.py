@@ -49,6 +49,12 @@ VALUES = (
         "as on, without the errors fix: errors come out of a layer as the release makes them",
     ),
     Value(
+        "without-pass-through",
+        ("without-pass-through",),
+        "as on, without the pass-through fix: what a layer passes on (a body the dispatch read, "
+        "empty chunks, template info, files) and url_for in a dispatch are as the release makes them",
+    ),
+    Value(
         "off",
         ("0", "false", "no", "off"),
         "kill switch: nothing is patched, not at startup, not by an import, not by apply()",
@@ -58,7 +64,7 @@ VALUES = (
 )
 MEANINGS = {value.kind: value.meaning for value in VALUES}
 ACCEPTED = ", ".join(spelling for value in VALUES[1:] for spelling in value.spellings) + ", or unset"
-ARMS_AT_STARTUP = ("on", "start-only", "without-errors", "force")
+ARMS_AT_STARTUP = ("on", "start-only", "without-errors", "without-pass-through", "force")
 IMPORT = "import starlette_shield_patch"  # the activation that the variable may take over
 
 running = False  # True while the startup hook imports the package
@@ -80,13 +86,16 @@ class Activation:
     """What one activation (an import, apply(), the startup hook) does, once the variable is read."""
 
     # A slotted class, not a NamedTuple: `collections` and `typing` cost milliseconds to import.
-    __slots__ = ("after_response", "errors", "force", "go_ahead", "via")
+    __slots__ = ("after_response", "errors", "force", "go_ahead", "pass_through", "via")
 
-    def __init__(self, *, go_ahead: bool, force: bool, after_response: bool, errors: bool, via: str) -> None:
+    def __init__(
+        self, *, go_ahead: bool, force: bool, after_response: bool, errors: bool, pass_through: bool, via: str
+    ) -> None:
         self.go_ahead = go_ahead  # False: the kill switch
         self.force = force  # patch whatever the starlette version
         self.after_response = after_response  # the after-response fix as well as the start fix
         self.errors = errors  # the errors fix as well
+        self.pass_through = pass_through  # the pass-through fix as well
         self.via = via  # how it was activated, for status() and the log
 
 
@@ -113,7 +122,7 @@ def warn_if_invalid(switch: Switch) -> None:
     )
 
 
-def decide(*, force: bool, after_response: bool, errors: bool, via: str) -> Activation:
+def decide(*, force: bool, after_response: bool, errors: bool, pass_through: bool, via: str) -> Activation:
     """What an activation asked for `via` does, given the variable (which wins over arguments)."""
     switch = read_switch()
     warn_if_invalid(switch)
@@ -123,6 +132,7 @@ def decide(*, force: bool, after_response: bool, errors: bool, via: str) -> Acti
             force=force,
             after_response=after_response,
             errors=errors,
+            pass_through=pass_through,
             via=f"{VARIABLE}={switch.raw}",
         )
     if switch.kind in ARMS_AT_STARTUP and via == IMPORT:
@@ -134,6 +144,7 @@ def decide(*, force: bool, after_response: bool, errors: bool, via: str) -> Acti
         force=force or switch.kind == "force",
         after_response=after_response and switch.kind != "start-only",
         errors=errors and switch.kind not in ("start-only", "without-errors"),
+        pass_through=pass_through and switch.kind not in ("start-only", "without-pass-through"),
         via=via,
     )
 

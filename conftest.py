@@ -32,14 +32,18 @@ def backend(request: pytest.FixtureRequest) -> str:
 
 
 @contextmanager
-def shim_state(applied: bool, *, after_response: bool = True, errors: bool = True) -> Iterator[None]:
+def shim_state(
+    applied: bool, *, after_response: bool = True, errors: bool = True, pass_through: bool = True
+) -> Iterator[None]:
     """The shim applied (guard as usual) or not for the block; always removed afterwards."""
     from tests.asgi import STARLETTE_AFFECTED  # imports starlette, so apply() patches at once
 
     starlette_shield_patch.remove()
     try:
         if applied:
-            starlette_shield_patch.apply(after_response=after_response, errors=errors)
+            starlette_shield_patch.apply(
+                after_response=after_response, errors=errors, pass_through=pass_through
+            )
             assert starlette_shield_patch.status().patched is STARLETTE_AFFECTED
         yield
     finally:
@@ -49,10 +53,12 @@ def shim_state(applied: bool, *, after_response: bool = True, errors: bool = Tru
 @contextmanager
 def shim_named(name: str) -> Iterator[str]:
     """The shim as named: unpatched, patched (every fix), start-only (the response-start fix),
-    without-errors (every fix but the errors fix)."""
+    without-errors, without-pass-through (every fix but that one)."""
     after_response = name != "start-only"
     errors = name not in ("start-only", "without-errors")
-    with shim_state(name != "unpatched", after_response=after_response, errors=errors):
+    pass_through = name not in ("start-only", "without-pass-through")
+    applied = name != "unpatched"
+    with shim_state(applied, after_response=after_response, errors=errors, pass_through=pass_through):
         yield name
 
 

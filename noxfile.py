@@ -97,7 +97,7 @@ def tests(session: nox.Session, starlette: str, anyio: str) -> None:
     python = str(session.python)
     # uv does not install on Python 3.7: the tests there take scripts/test's own from PATH.
     uv = [] if python == OLDEST_PYTHON else ["uv"]
-    session.install(".", pin, *anyio_requirements(starlette, anyio, python), "pytest", *uv)
+    session.install(".", pin, *anyio_requirements(starlette, anyio, python), "pytest", "jinja2", *uv)
     # Activation from the wheel does not change from one release to the next: its venvs are
     # built on the first and last affected release and on the unaffected ones, and on 3.7.
     full = (CANCELLING[0], CANCELLING[-1], FOUR_LAYERS[-1], *UNAFFECTED)

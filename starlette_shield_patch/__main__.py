@@ -38,6 +38,7 @@ def startup_hook() -> str | None:
 
 
 NO_ERRORS = ("start-only", "without-errors")  # the values of the variable without the errors fix
+NO_PASS_THROUGH = ("start-only", "without-pass-through")  # and those without the pass-through fix
 
 # How the servers of 2021-2022 start their workers: what decides whether the shim reaches them.
 SERVERS = {
@@ -87,7 +88,11 @@ def diagnose() -> dict[str, Any]:
     if would.startswith("patch"):
         # The fixes this release needs (with this anyio), less those the variable turns off.
         kind = switch.kind
-        wanted = _patch.wanted_fixes(after_response=kind != "start-only", errors=kind not in NO_ERRORS)
+        wanted = _patch.wanted_fixes(
+            after_response=kind != "start-only",
+            errors=kind not in NO_ERRORS,
+            pass_through=kind not in NO_PASS_THROUGH,
+        )
         needed = verdict.fixes if verdict is not None and verdict.affected else (_patch.RESPONSE_START,)
         would += f", with the fixes: {', '.join(fix for fix in needed if fix in wanted)}"
     return {

@@ -23,7 +23,9 @@ TARGET_MODULE = "starlette.middleware.base"
 RESPONSE_START = "response-start"  # starlette#1634, #2516: "No response returned." on disconnect
 AFTER_RESPONSE = "after-response"  # starlette#1438: work after the response is cancelled
 ERRORS = "errors"  # #1262, #1459, #2211, #2812, #2813: errors come out of a layer as themselves
-FIXES = (RESPONSE_START, AFTER_RESPONSE, ERRORS)
+# #1692, #1609, #1991, pathsend, #2672, #2194: what passes through a layer arrives
+PASS_THROUGH = "pass-through"
+FIXES = (RESPONSE_START, AFTER_RESPONSE, ERRORS, PASS_THROUGH)
 
 
 class ShieldStatus:
@@ -209,11 +211,15 @@ class _Lifecycle:
         )
 
 
-def wanted_fixes(*, after_response: bool, errors: bool) -> tuple[str, ...]:
+def wanted_fixes(*, after_response: bool, errors: bool, pass_through: bool) -> tuple[str, ...]:
     """The fixes an activation asks for: the response-start fix, and those not turned off."""
-    return tuple(
-        fix for fix, on in ((RESPONSE_START, True), (AFTER_RESPONSE, after_response), (ERRORS, errors)) if on
+    switches = (
+        (RESPONSE_START, True),
+        (AFTER_RESPONSE, after_response),
+        (ERRORS, errors),
+        (PASS_THROUGH, pass_through),
     )
+    return tuple(fix for fix, on in switches if on)
 
 
 def _request_path(pieces: tuple[str, ...] | None) -> None:
@@ -239,9 +245,13 @@ def logger() -> Logger:
     return logging.getLogger("starlette_shield_patch")
 
 
-def apply(force: bool = False, *, after_response: bool = True, errors: bool = True) -> None:
+def apply(
+    force: bool = False, *, after_response: bool = True, errors: bool = True, pass_through: bool = True
+) -> None:
     """Patch BaseHTTPMiddleware now, or as soon as starlette.middleware.base is imported."""
-    activate(force=force, after_response=after_response, errors=errors, via="apply()")
+    activate(
+        force=force, after_response=after_response, errors=errors, pass_through=pass_through, via="apply()"
+    )
 
 
 def remove() -> None:
@@ -258,13 +268,24 @@ def status() -> ShieldStatus:
 
 
 def activate(
-    *, force: bool = False, after_response: bool = True, errors: bool = True, via: str = IMPORT
+    *,
+    force: bool = False,
+    after_response: bool = True,
+    errors: bool = True,
+    pass_through: bool = True,
+    via: str = IMPORT,
 ) -> None:
     """Arm the patch as `via` asks, unless STARLETTE_SHIELD_PATCH says off; never raises."""
     try:
-        activation = decide(force=force, after_response=after_response, errors=errors, via=via)
+        activation = decide(
+            force=force, after_response=after_response, errors=errors, pass_through=pass_through, via=via
+        )
         if activation.go_ahead:
-            wanted = wanted_fixes(after_response=activation.after_response, errors=activation.errors)
+            wanted = wanted_fixes(
+                after_response=activation.after_response,
+                errors=activation.errors,
+                pass_through=activation.pass_through,
+            )
             LIFECYCLE.arm(force=activation.force, wanted=wanted, via=activation.via)
         else:  # the kill switch: not the hook, not an import, not apply()
             LIFECYCLE.disable(activation.via)

@@ -31,6 +31,7 @@ from anyio import (
     Event,
     WouldBlock,
     get_cancelled_exc_class,
+    open_file,
 )
 from anyio.lowlevel import checkpoint
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
@@ -62,12 +63,18 @@ class InForce:
         "close_streams",
         "collapse_groups",
         "drop_broken_send",
+        "end_at_last",
+        "file_body",
         "finish_runs",
         "keeps_late",
         "late_error",
         "own_error",
         "raises_kept",
+        "read_body",
         "runs",
+        "skip_empty",
+        "template_info",
+        "url_for",
         "wraps_call_next",
         "wraps_dispatch",
         "wraps_layer",
@@ -84,11 +91,18 @@ class InForce:
         self.late_error = "late-error" in names
         self.close_streams = "close-streams" in names
         self.close_discarded = "close-discarded-streams" in names  # on releases with close-streams
+        self.read_body = "read-body" in names
+        self.skip_empty = "skip-empty-chunks" in names
+        self.template_info = "template-info" in names
+        self.file_body = "file-body" in names
+        self.url_for = "url-for" in names
+        self.end_at_last = "end-at-last" in names
         # Where they hook in, so that a request pays only for the hooks its pieces need.
         self.keeps_late = self.finish_runs or self.late_error  # a run keeps an error after its response
         self.wraps_call_next = self.body_error  # every release with own-error has body-error too
-        self.runs = self.keeps_late or self.wraps_call_next or self.drop_broken_send
-        self.wraps_dispatch = self.finish_runs or self.wraps_call_next or self.close_streams
+        sends = self.skip_empty or self.template_info or self.file_body or self.end_at_last
+        self.runs = self.keeps_late or self.wraps_call_next or self.drop_broken_send or sends
+        self.wraps_dispatch = self.finish_runs or self.wraps_call_next or self.close_streams or self.read_body
         # finish-runs raises what its runs kept itself (_ThenFinish); a layer coroutine is paid
         # only where a piece needs one.
         self.raises_kept = self.late_error or (self.body_error and not self.finish_runs)
@@ -186,8 +200,7 @@ def _release_waiting_sends(stream: MemoryObjectSendStream[Message]) -> bool:
     return True
 
 
-def _is_last(message: Message) -> bool:
-    return message["type"] == "http.response.body" and not message.get("more_body", False)
+_FILE_CHUNK = 64 * 1024  # FileResponse.chunk_size on the releases with file-body
 
 
 class _Run:
@@ -208,6 +221,7 @@ class _Run:
 
     __slots__ = (
         "_on_end",
+        "_out",
         "_pieces",
         "_receive",
         "_receiving",
@@ -222,12 +236,18 @@ class _Run:
     )
 
     def __init__(
-        self, pieces: InForce, stream: MemoryObjectSendStream[Message], send: Send, receive: Receive
+        self,
+        pieces: InForce,
+        stream: MemoryObjectSendStream[Message],
+        send: Send,
+        receive: Receive,
+        out: Send,
     ) -> None:
         self._pieces = pieces
         self._stream = stream
         self._send = send  # call_next's own
         self._receive = receive
+        self._out = out  # the layer's own send (template-info)
         self.started = False  # it sent http.response.start
         self.over = False  # its last body message was delivered, or the layer stopped listening
         self.detached = False  # the layer's response is done and the layer waits for it
@@ -272,12 +292,53 @@ class _Run:
     def watch(self, message: Message) -> Awaitable[None]:
         """The inner app's send where the run is not let finish: call_next's, start first, noting
         how far the response got. A plain function: no coroutine of ours per body chunk."""
-        if message["type"] == "http.response.start":
+        kind = message["type"]
+        if kind == "http.response.body":
+            pieces = self._pieces
+            if not message.get("more_body", False):
+                self.over = True  # what it raises from now on comes after its response
+                if pieces.end_at_last:
+                    return self._send_then_end(message)
+            if pieces.skip_empty and not message.get("body"):
+                # Not passed on; the layer's body ends when this stream closes, as it would.
+                return checkpoint()
+            return self._send(message)
+        if kind == "http.response.start":
             self.started = True
             return _deliver_start(self._stream, message, self._send)
-        if _is_last(message):
-            self.over = True  # what it raises from now on comes after its response
+        return self._other(message)
+
+    def _other(self, message: Message) -> Awaitable[None]:
+        """A message that is neither the start nor a body chunk."""
+        pieces = self._pieces
+        if pieces.file_body and message["type"] == "http.response.pathsend":
+            return self._send_file(message)
+        if pieces.template_info and not self.started:
+            # starlette#1991 (0.24.0): call_next asserts that the start comes first, so the debug
+            # extension's `http.response.template` (a TemplateResponse under the TestClient)
+            # breaks the layer. It goes to the layer's own send, ahead of the layer's start, as
+            # 0.24.0 sends it ahead of its response.
+            return self._out(message)
         return self._send(message)
+
+    async def _send_then_end(self, message: Message) -> None:
+        """end-at-last: the last body message, then the end of call_next's body."""
+        # starlette#919, #2194 (0.29.0): on 0.28.0 the layer's body ends only when the inner app
+        # returns, after its background tasks, so a chunked answer is not complete until then.
+        await self._send(message)
+        await self._stream.aclose()
+
+    async def _send_file(self, message: Message) -> None:
+        """file-body: the file of an `http.response.pathsend` as body chunks, as 0.38.1 sends it."""
+        # 0.36.0 - 0.38.0's FileResponse sends the path alone where the server offers the
+        # extension, and call_next asserts a body: behind a layer the client gets a 200 with no
+        # body. 0.38.1 took the extension out again and reads the file itself, chunk by chunk.
+        async with await open_file(message["path"], "rb") as file:
+            more_body = True
+            while more_body:
+                chunk = await file.read(_FILE_CHUNK)
+                more_body = len(chunk) == _FILE_CHUNK
+                await self.watch({"type": "http.response.body", "body": chunk, "more_body": more_body})
 
     async def send(self, message: Message) -> None:
         """The inner app's send (finish-runs): call_next's, start first; dropped once the response
@@ -289,17 +350,24 @@ class _Run:
             await checkpoint()
             return
         try:
-            if message["type"] == "http.response.start":
+            kind = message["type"]
+            if kind == "http.response.body":
+                if self._pieces.skip_empty and not message.get("body"):
+                    await checkpoint()  # not passed on (skip-empty-chunks), still a checkpoint
+                else:
+                    await self._send(message)
+                if not message.get("more_body", False):
+                    self.over = True
+                    # starlette#919: before 0.20.1 the layer's body ends only when this stream
+                    # closes, which starlette does when the inner app returns, after its
+                    # background work. Close it now.
+                    await self._stream.aclose()
+                return
+            if kind == "http.response.start":
                 self.started = True
                 await _deliver_start(self._stream, message, self._send)
                 return
-            await self._send(message)
-            if _is_last(message):
-                self.over = True
-                # starlette#919: before 0.20.1 the layer's body ends only when this stream
-                # closes, which starlette does when the inner app returns, after its background
-                # work. Close it now.
-                await self._stream.aclose()
+            await self._other(message)
         except (BrokenResourceError, ClosedResourceError):
             # The layer stopped reading (its response was cut short, or is done and finish()
             # closed the stream): dropped, as 0.21.0 drops it.
@@ -402,15 +470,15 @@ async def _body_then_error(body: AsyncIterator[bytes], run: _Run) -> AsyncIterat
         raise failed
 
 
-def _dispatch(
-    dispatch: Any, pieces: InForce, runs: list[_Run], calls: list[Any], request: Any, call_next: Any
-) -> Awaitable[Any]:
+def _dispatch(dispatch: Any, layer: _StandIn, request: Any, call_next: Any) -> Awaitable[Any]:
+    pieces = layer.pieces
+    layer.request = request  # read-body: what the dispatch read of it
     if pieces.close_streams:
-        call_next = _keeping_calls(call_next, calls)
+        call_next = _keeping_calls(call_next, layer.calls)
     if pieces.wraps_call_next:
-        call_next = _calls_next_raising(call_next, pieces, runs)
+        call_next = _calls_next_raising(call_next, pieces, layer.runs)
     if pieces.finish_runs:
-        return _then_finish(dispatch(request, call_next), runs)
+        return _then_finish(dispatch(request, call_next), layer.runs)
     return dispatch(request, call_next)  # type: ignore[no-any-return]
 
 
@@ -418,17 +486,52 @@ async def _then_finish(response: Awaitable[Any], runs: list[_Run]) -> _ThenFinis
     return _ThenFinish(await response, runs)
 
 
-def _app(
-    app: App, pieces: InForce, runs: list[_Run], scope: Any, receive: Receive, send: Send
-) -> Awaitable[None]:
+def _app(app: App, layer: _StandIn, scope: Any, receive: Receive, send: Send) -> Awaitable[None]:
+    pieces = layer.pieces
+    if pieces.read_body:
+        receive = _with_body_read(layer.request, receive)
     if not pieces.runs:
         return app(scope, receive, _start_first(send))
     stream = _call_next_stream(send)
     if stream is None:  # pragma: no cover  # see _call_next_stream
         return app(scope, receive, send)
-    run = _Run(pieces, stream, send, receive)
-    runs.append(run)
+    run = _Run(pieces, stream, send, receive, layer.send)
+    layer.runs.append(run)
     return run.run(app, scope)
+
+
+def _with_body_read(request: Any, receive: Receive) -> Any:
+    """read-body: the receive call_next hands the inner app, with the body the dispatch read."""
+    # starlette#1692 (0.28.0): on 0.15 - 0.20.4 a dispatch that read the body (body(), json(),
+    # form(), stream()) took the request's messages, so the inner app waits in receive() for a
+    # body that never comes. As 0.28.0: after body() or json() the inner app gets that body in
+    # one message, after stream() or form() an empty one, then whatever the server says next.
+    # A dispatch that hands call_next a Request with a receive of its own keeps it, as unpatched.
+    if request is None or receive is not getattr(request, "_receive", None):
+        return receive
+    body = getattr(request, "_body", None)
+    if body is None:
+        if not getattr(request, "_stream_consumed", False):
+            return receive  # it read nothing: the inner app reads the server's messages itself
+        body = b""
+    return _BodyRead(body, receive).receive
+
+
+class _BodyRead:
+    """read-body: a receive that says the body once, then is the request's."""
+
+    __slots__ = ("_body", "_receive")
+
+    def __init__(self, body: bytes, receive: Receive) -> None:
+        self._body: bytes | None = body
+        self._receive = receive
+
+    async def receive(self) -> Message:
+        body = self._body
+        if body is None:
+            return await self._receive()
+        self._body = None
+        return {"type": "http.request", "body": body, "more_body": False}
 
 
 def _collapse(group: BaseException) -> BaseException:
@@ -443,7 +546,7 @@ def _collapse(group: BaseException) -> BaseException:
     return error
 
 
-async def _layer(call: Awaitable[None], pieces: InForce, stand_in: Any) -> None:
+async def _layer(call: Awaitable[None], pieces: InForce, stand_in: _StandIn) -> None:
     """The layer as a whole: what escapes it, the streams it leaves, and the errors its runs kept
     for after the response."""
     try:
@@ -498,11 +601,15 @@ def _close_streams(calls: list[Any]) -> None:
 
 
 class _StandIn:
-    __slots__ = ("_middleware", "_pieces", "calls", "runs")
+    """What starlette's own __call__ gets as `self`, and what the layer keeps for one request."""
 
-    def __init__(self, middleware: Any, pieces: InForce) -> None:
+    __slots__ = ("_middleware", "calls", "pieces", "request", "runs", "send")
+
+    def __init__(self, middleware: Any, pieces: InForce, send: Send) -> None:
         self._middleware = middleware
-        self._pieces = pieces
+        self.pieces = pieces
+        self.send = send  # the layer's own (template-info)
+        self.request: Any = None  # the Request the dispatch got (read-body)
         self.runs: list[_Run] = []
         self.calls: list[Any] = []  # close-streams: the frames of call_next's calls
 
@@ -510,50 +617,47 @@ class _StandIn:
     def dispatch_func(self) -> Any:
         # A property, not a bound method kept in a slot: that would make each stand-in a
         # reference cycle, freed only by the cyclic garbage collector.
-        return self._dispatch if self._pieces.wraps_dispatch else self._middleware.dispatch_func
+        return self._dispatch if self.pieces.wraps_dispatch else self._middleware.dispatch_func
 
     def _dispatch(self, request: Any, call_next: Any) -> Awaitable[Any]:
-        middleware = self._middleware
-        return _dispatch(middleware.dispatch_func, self._pieces, self.runs, self.calls, request, call_next)
+        return _dispatch(self._middleware.dispatch_func, self, request, call_next)
 
     def app(self, scope: Any, receive: Receive, send: Send) -> Awaitable[None]:
-        return _app(self._middleware.app, self._pieces, self.runs, scope, receive, send)
+        return _app(self._middleware.app, self, scope, receive, send)
 
     def __getattr__(self, name: str) -> Any:  # anything else a forced release might read
         return getattr(self._middleware, name)
 
 
 class _ProxyStandIn(_Proxy):
-    def __init__(self, middleware: Any, pieces: InForce) -> None:
+    """The stand-in for a __call__ that others wrapped: the middleware itself to them, but for
+    dispatch_func and app, which are those of the layer's _StandIn."""
+
+    def __init__(self, middleware: Any, layer: _StandIn) -> None:
         super().__init__(middleware)
-        self._self_pieces = pieces
-        self._self_runs: list[_Run] = []
-        self._self_calls: list[Any] = []
-
-    @property
-    def runs(self) -> list[_Run]:
-        return self._self_runs
-
-    @property
-    def calls(self) -> list[Any]:
-        return self._self_calls
+        self._self_layer = layer
 
     @property
     def dispatch_func(self) -> Any:
-        if self._self_pieces.wraps_dispatch:
-            return self._self_dispatch
-        return self.__wrapped__.dispatch_func
-
-    def _self_dispatch(self, request: Any, call_next: Any) -> Awaitable[Any]:
-        wrapped, pieces = self.__wrapped__, self._self_pieces
-        return _dispatch(wrapped.dispatch_func, pieces, self._self_runs, self._self_calls, request, call_next)
+        return self._self_layer.dispatch_func
 
     def app(self, scope: Any, receive: Receive, send: Send) -> Awaitable[None]:
-        return _app(self.__wrapped__.app, self._self_pieces, self._self_runs, scope, receive, send)
+        return self._self_layer.app(scope, receive, send)
 
 
-_sticky = _disconnect_sticks(None).__code__
-_inner_receive = _Run.receive.__code__
+# The receives that the shim hands on: a layer that gets one of them is not the outermost.
+_handed_on = (_disconnect_sticks(None).__code__, _Run.receive.__code__, _BodyRead.receive.__code__)
+
+
+def _route_for_url_for(scope: Any) -> None:
+    """url-for: the router that request.url_for needs, which the app's router puts in the scope
+    only below the layers."""
+    # starlette#2672 (0.39.2): url_for in a dispatch failed with KeyError('router'); 0.39.2 falls
+    # back to scope["app"]. The app's router sets scope["router"] to itself next, where it is
+    # not there yet: setting it a layer earlier changes nothing below.
+    router = getattr(scope.get("app"), "router", None)
+    if router is not None:
+        scope["router"] = router
 
 
 def wrapper_for(original: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[None]]:
@@ -563,7 +667,6 @@ def wrapper_for(original: Callable[..., Awaitable[None]]) -> Callable[..., Await
     starlettes_own = (
         getattr(original, "__module__", None) == "starlette.middleware.base" and not wrapped_by_others
     )
-    stand_in_class: Any = _StandIn if starlettes_own else _ProxyStandIn
 
     def patched_call(
         wrapped: Callable[..., Awaitable[None]],
@@ -576,12 +679,14 @@ def wrapper_for(original: Callable[..., Awaitable[None]]) -> Callable[..., Await
         pieces = in_force
         if pieces is not None and len(args) == 3 and args[0]["type"] == "http":
             scope, receive, send = args
-            code = getattr(receive, "__code__", None)
-            if code is not _sticky and code is not _inner_receive:  # the outermost layer
+            if getattr(receive, "__code__", None) not in _handed_on:  # the outermost layer
                 receive = _disconnect_sticks(receive)
-            stand_in = stand_in_class(instance, pieces)
+            if pieces.url_for and "router" not in scope:
+                _route_for_url_for(scope)
+            layer = _StandIn(instance, pieces, send)
+            stand_in = layer if starlettes_own else _ProxyStandIn(instance, layer)
             call = original(stand_in, scope, receive, send, **kwargs)
-            return _layer(call, pieces, stand_in) if pieces.wraps_layer else call
+            return _layer(call, pieces, layer) if pieces.wraps_layer else call
         return original(instance, *args, **kwargs)
 
     return patched_call

@@ -47,14 +47,20 @@ GROUPS_ESCAPE = ANYIO_MAJOR >= 4 and (
 # 0.19 - 0.20.4 and 0.28 - 0.38.2 leave call_next's receiving stream open when the endpoint or
 # the dispatch raises, and anyio 4 warns when it is collected (fixed upstream in 0.45.1, #2813).
 LEAVES_STREAMS_OPEN = ANYIO_MAJOR >= 4 and STARLETTE_AFFECTED and STARLETTE_RELEASE >= (0, 19, 0)
-# Where the errors fix has a piece to run: every affected release but 0.19 - 0.20.4 and 0.28.0
-# with anyio 3, whose errors already come out as themselves.
+# Where the errors fix has a piece to run: every affected release but 0.19 - 0.20.4 with anyio 3,
+# whose errors already come out as themselves.
 ERRORS_FIX_APPLIES = STARLETTE_AFFECTED and (
-    STARLETTE_RELEASE < (0, 19, 0) or STARLETTE_RELEASE >= (0, 29, 0) or ANYIO_MAJOR >= 4
+    STARLETTE_RELEASE < (0, 19, 0) or STARLETTE_RELEASE >= (0, 28, 0) or ANYIO_MAJOR >= 4
 )
 # starlette#1609 (0.20.1): the layer's body ends at the inner app's last message, not when the
 # inner app returns, after its background work (starlette#919). 0.24.0 - 0.28.0 dropped that again.
 BODY_ENDS_AT_LAST_MESSAGE = (0, 20, 1) <= STARLETTE_RELEASE < (0, 24, 0) or STARLETTE_RELEASE >= (0, 29, 0)
+
+
+def body_ends_at_last_message(pass_through: bool) -> bool:
+    """On a release the shim does not make finish its runs: whether the layer's body ends at the
+    inner app's last message; on 0.28.0 the pass-through fix makes it (end-at-last)."""
+    return BODY_ENDS_AT_LAST_MESSAGE or (pass_through and STARLETTE_RELEASE == (0, 28, 0))
 
 
 @dataclass

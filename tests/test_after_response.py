@@ -16,7 +16,6 @@ from starlette.responses import PlainTextResponse, StreamingResponse
 import starlette_shield_patch
 from conftest import shim_state
 from tests.asgi import (
-    BODY_ENDS_AT_LAST_MESSAGE,
     STARLETTE_AFFECTED,
     STARLETTE_CANCELS,
     STARLETTE_HAS_ANYIO,
@@ -29,6 +28,7 @@ from tests.asgi import (
     Work,
     answers_after,
     answers_then_works,
+    body_ends_at_last_message,
     client,
     client_gone_after_body,
     client_gone_at_once,
@@ -67,11 +67,12 @@ def work_done_after_response(outcome: Outcome, work: Work, client: str) -> bool:
 
 def expect_fixed_only_patched(fixed: bool, shim: str, client: str) -> None:
     """Fixed where the after-response fix is on. Releases that do not cancel their inner app
-    (the shim leaves that alone there) hold the response's end back in 0.24.0 - 0.28.0."""
+    (the shim leaves that alone there) hold the response's end back in 0.24.0 - 0.28.0; on 0.28.0
+    the pass-through fix ends it at the last message (end-at-last)."""
     if STARLETTE_CANCELS:
         assert fixed is (shim == "patched")
     else:
-        assert fixed is (BODY_ENDS_AT_LAST_MESSAGE or client == "leaves-mid-request")
+        assert fixed is (body_ends_at_last_message(shim == "patched") or client == "leaves-mid-request")
 
 
 @pytest.mark.parametrize("client", list(CLIENTS))
@@ -146,7 +147,9 @@ def test_the_server_cancelling_the_request_stops_the_work(shim: str, backend: st
 
     assert work.ended is None
     assert outcome.elapsed < 1.5
-    if (shim == "patched" and STARLETTE_CANCELS) or BODY_ENDS_AT_LAST_MESSAGE:  # else it waits for the work
+    if (shim == "patched" and STARLETTE_CANCELS) or body_ends_at_last_message(
+        shim == "patched"
+    ):  # else it waits
         assert outcome.response_over_at is not None
 
 
@@ -251,7 +254,7 @@ def test_both_fixes_under_a_wrapper_installed_before_the_shim(backend: str, afte
 
     assert gone.clean, gone
     # 0.28 - 0.38.2 do not cancel the work; 0.28.0 holds the response's end back until it is done.
-    expected = after_response if STARLETTE_CANCELS else BODY_ENDS_AT_LAST_MESSAGE
+    expected = after_response if STARLETTE_CANCELS else body_ends_at_last_message(True)
     assert work_done_after_response(stays, work, "closes-after-response") is expected
 
 
@@ -272,5 +275,5 @@ def test_after_its_response_the_inner_app_hears_http_disconnect(shim: str, backe
     assert outcome.clean, outcome
     # Unpatched 0.15 - 0.20 cancel the endpoint; 0.24.0 - 0.28.0 end the layer's response only
     # once the endpoint returns, so nothing tells it before the client does.
-    hears = shim == "patched" if STARLETTE_CANCELS else BODY_ENDS_AT_LAST_MESSAGE
+    hears = shim == "patched" if STARLETTE_CANCELS else body_ends_at_last_message(shim == "patched")
     assert (heard == [{"type": "http.disconnect"}]) is hears

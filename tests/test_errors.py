@@ -145,10 +145,11 @@ def has_the_defect(scenario: str, backend: str, layers: int) -> bool | None:
     if scenario == "body-raises":  # 0.17, 0.18 end the body quietly (starlette#1459)
         return (0, 17, 0) <= STARLETTE_RELEASE < (0, 19, 0) or GROUPS_ESCAPE
     # Work after the response: 0.17 - 0.20.0 drop its error or raise it before the response is
-    # over, 0.20.1 - 0.20.4 cancel it, 0.29 - 0.38.2 drop it (starlette#2812).
+    # over, 0.20.1 - 0.20.4 cancel it, 0.28.0 raises it before the response is over (its body
+    # ends only when the inner app returns, starlette#919), 0.29 - 0.38.2 drop it (starlette#2812).
     return (
         (0, 17, 0) <= STARLETTE_RELEASE < (0, 21, 0)
-        or (0, 29, 0) <= STARLETTE_RELEASE < (0, 38, 3)
+        or (0, 28, 0) <= STARLETTE_RELEASE < (0, 38, 3)
         or GROUPS_ESCAPE
     )
 
@@ -164,9 +165,7 @@ def as_upstream(scenario: str, outcome: Outcome) -> bool:
         return not started
     if scenario == "body-raises":
         return any(message.get("body") == b"first chunk" for message in outcome.messages)
-    # 0.28.0 ends a layer's body only when its inner app returns (starlette#919), so there the
-    # error comes before the last message, patched or not.
-    return whole or STARLETTE_RELEASE == (0, 28, 0)
+    return whole
 
 
 SCENARIOS = [

@@ -13,6 +13,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response, Strea
 from conftest import shim_state
 from tests.asgi import (
     STARLETTE_HAS_ANYIO,
+    STARLETTE_RELEASE,
     ASGIApp,
     CallNext,
     Message,
@@ -75,8 +76,13 @@ def test_ordinary_request_is_unchanged(backend: str, kind: str) -> None:
     unpatched = one_request(kind, backend, applied=False)
     patched = one_request(kind, backend, applied=True)
 
+    if STARLETTE_RELEASE < (0, 20, 1):
+        # skip-empty-chunks: the empty chunks that 0.15 - 0.20.0 pass on as chunks of their own
+        # are not passed on; the rest is the same.
+        unpatched = ([m for m in unpatched[0] if m.get("body", b"") or not m.get("more_body")], unpatched[1])
     assert patched == unpatched
     messages, background_ran = patched
+    assert not any(m.get("more_body") and not m.get("body") for m in messages[1:])
     assert messages[0]["type"] == "http.response.start"
     assert (b"x-layer", b"outer") in messages[0]["headers"]
     assert messages[-1]["type"] == "http.response.body"

@@ -1,0 +1,427 @@
+"""What passes through a layer arrives as on the newest starlette: the body a dispatch read, empty
+answers, template info, files, url_for in a dispatch, the end of a chunked answer.
+
+Each scenario runs unpatched, with every fix, and without the pass-through fix; on the releases
+that have the defect the unpatched run shows it, and the newest starlette is the reference.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from typing import Any, AsyncIterator, Awaitable, Callable, Iterator
+
+import anyio
+import pytest
+from starlette.applications import Starlette
+from starlette.background import BackgroundTask
+from starlette.middleware import Middleware
+from starlette.middleware.base import BaseHTTPMiddleware
+from starlette.middleware.gzip import GZipMiddleware
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import FileResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from conftest import shim_named
+from tests.asgi import (
+    STARLETTE_AFFECTED,
+    STARLETTE_CANCELS,
+    STARLETTE_HAS_ANYIO,
+    STARLETTE_RELEASE,
+    ASGIApp,
+    CallNext,
+    Message,
+    Receive,
+    Scope,
+    Send,
+    http_scope,
+    is_last,
+    pass_through,
+    run,
+    stack,
+)
+
+pytestmark = pytest.mark.skipif(not STARLETTE_HAS_ANYIO, reason="needs an anyio BaseHTTPMiddleware")
+
+Dispatch = Callable[[Request, CallNext], Awaitable[Response]]
+
+
+@pytest.fixture(params=["unpatched", "patched", "without-pass-through"])
+def shim(request: pytest.FixtureRequest) -> Iterator[str]:
+    with shim_named(request.param) as name:
+        yield name
+
+
+def fixed(shim: str, first: tuple[int, int, int], fixed_in: tuple[int, int, int]) -> bool:
+    """Whether this run behaves as the fixed starlette: the release has the fix, or has the defect
+    and the shim's pass-through fix is in force."""
+    has_defect = first <= STARLETTE_RELEASE < fixed_in
+    return not has_defect or (shim == "patched" and STARLETTE_AFFECTED)
+
+
+def sent_body(messages: list[Message]) -> bytes:
+    return b"".join(m.get("body", b"") for m in messages if m["type"] == "http.response.body")
+
+
+# --- 1. The body a dispatch read reaches the inner app (starlette#1692, 0.28.0) -------------------
+
+# 0.21 - 0.27 have the defect too; the shim leaves them alone (they have the disconnect fix).
+BODY_READ_FIXED_IN = (0, 28, 0)
+
+
+def chunked_client(*chunks: bytes, then: str = "wait") -> Receive:
+    """A client's receive(): the body in `chunks`, then "wait" (for ever) or "disconnect"."""
+    messages = [
+        {"type": "http.request", "body": chunk, "more_body": number < len(chunks) - 1}
+        for number, chunk in enumerate(chunks)
+    ]
+
+    async def receive() -> Message:
+        if messages:
+            return messages.pop(0)
+        if then == "disconnect":
+            return {"type": "http.disconnect"}
+        await anyio.Event().wait()
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    return receive
+
+
+async def echoes_body(scope: Scope, receive: Receive, send: Send) -> None:
+    body = await Request(scope, receive).body()
+    await PlainTextResponse(b"got " + body)(scope, receive, send)
+
+
+def reads_with(how: str, read: list[bytes]) -> Dispatch:
+    async def dispatch(request: Request, call_next: CallNext) -> Response:
+        if how == "body":
+            read.append(await request.body())
+        elif how == "json":
+            read.append(json.dumps(await request.json()).encode())
+        else:
+            read.append(b"".join([chunk async for chunk in request.stream()]))
+        return await call_next(request)
+
+    return dispatch
+
+
+def hangs_unless_fixed(shim: str, first: tuple[int, int, int], fixed_in: tuple[int, int, int]) -> float:
+    """The time to give a run: short where it is expected to hang, else generous."""
+    return 5.0 if fixed(shim, first, fixed_in) else 0.3
+
+
+@pytest.mark.parametrize("how", ["body", "json", "stream"])
+@pytest.mark.parametrize("layers", [1, 2])
+@pytest.mark.parametrize("chunks", [(b'{"a": 1}',), (b'{"a"', b": 1}")])
+def test_the_body_a_dispatch_read_reaches_the_endpoint(
+    shim: str, backend: str, how: str, layers: int, chunks: tuple[bytes, ...]
+) -> None:
+    read: list[bytes] = []
+    app = stack(echoes_body, *[reads_with(how, read)] * layers)
+    timeout = hangs_unless_fixed(shim, (0, 0, 0), BODY_READ_FIXED_IN)
+    outcome = run(app, chunked_client(*chunks), backend=backend, timeout=timeout)
+    if not fixed(shim, (0, 0, 0), BODY_READ_FIXED_IN):
+        assert outcome.timed_out, (
+            outcome
+        )  # the endpoint (or the next layer) waits for a body that never comes
+        return
+    assert outcome.clean, outcome
+    if how == "stream":
+        # After stream(), an empty body, as 0.28.0 hands on (it cannot hand on what was streamed).
+        assert read == [b'{"a": 1}', b""][:layers] and sent_body(outcome.messages) == b"got "
+    else:
+        assert read == [b'{"a": 1}'] * layers and sent_body(outcome.messages) == b'got {"a": 1}'
+
+
+def test_after_the_body_the_endpoint_hears_the_disconnect(shim: str, backend: str) -> None:
+    heard: list[str] = []
+
+    async def endpoint(scope: Scope, receive: Receive, send: Send) -> None:
+        assert await Request(scope, receive).body() == b"hello"
+        heard.append((await receive())["type"])
+        await PlainTextResponse("done")(scope, receive, send)
+
+    async def dispatch(request: Request, call_next: CallNext) -> Response:
+        await request.body()
+        return await call_next(request)
+
+    outcome = run(stack(endpoint, dispatch), chunked_client(b"hello", then="disconnect"), backend=backend)
+    if not fixed(shim, (0, 0, 0), BODY_READ_FIXED_IN):
+        # Unpatched the endpoint's first receive() is the disconnect: it reads an empty body.
+        assert heard == [] and outcome.error is not None, outcome
+        return
+    assert heard == ["http.disconnect"], outcome
+
+
+def test_a_dispatch_that_read_nothing_changes_nothing(shim: str, backend: str) -> None:
+    """The endpoint reads the server's messages itself, chunk by chunk, and a client that leaves
+    mid-body makes it see ClientDisconnect, as unpatched."""
+    seen: list[Message] = []
+
+    async def endpoint(scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            async for chunk in Request(scope, receive).stream():
+                seen.append({"chunk": chunk})
+        except ClientDisconnect:
+            seen.append({"disconnect": True})
+        await PlainTextResponse("done")(scope, receive, send)
+
+    outcome = run(
+        stack(endpoint, pass_through), chunked_client(b"a", b"b", then="disconnect"), backend=backend
+    )
+    assert seen[:2] == [{"chunk": b"a"}, {"chunk": b"b"}], outcome
+    seen.clear()
+
+    async def leaves_mid_body() -> Message:
+        if not seen:
+            seen.append({"chunk": b"x"})
+            return {"type": "http.request", "body": b"x", "more_body": True}
+        return {"type": "http.disconnect"}
+
+    outcome = run(stack(endpoint, pass_through), leaves_mid_body, backend=backend)
+    assert seen == [{"chunk": b"x"}, {"chunk": b"x"}, {"disconnect": True}], outcome
+
+
+def test_a_request_of_the_dispatchs_own_keeps_its_receive(shim: str, backend: str) -> None:
+    """A dispatch that rewrites the body and hands call_next a Request of its own: the endpoint
+    gets the rewritten body on 0.15 - 0.27 (0.28.0 went back on that, and the shim leaves it)."""
+
+    async def rewrites(request: Request, call_next: CallNext) -> Response:
+        body = await request.body()
+
+        async def rewritten() -> Message:
+            return {"type": "http.request", "body": body.upper(), "more_body": False}
+
+        return await call_next(Request(request.scope, rewritten))
+
+    outcome = run(stack(echoes_body, rewrites), chunked_client(b"hello"), backend=backend)
+    assert outcome.clean, outcome
+    expected = b"got HELLO" if STARLETTE_RELEASE < (0, 28, 0) else b"got hello"
+    assert sent_body(outcome.messages) == expected
+
+
+@pytest.mark.parametrize("layers", [2, 4])
+def test_reading_the_body_keeps_the_disconnect_fix(shim: str, backend: str, layers: int) -> None:
+    """Each layer reads the body, the client is gone once it sent it, the endpoint streams: no
+    "No response returned." (what #1692 brought upstream with four layers, starlette#2516)."""
+
+    async def streams(scope: Scope, receive: Receive, send: Send) -> None:
+        await Request(scope, receive).body()
+
+        async def body() -> AsyncIterator[bytes]:
+            yield b"chunk"
+
+        await StreamingResponse(body())(scope, receive, send)
+
+    async def reads(request: Request, call_next: CallNext) -> Response:
+        await request.body()
+        return await call_next(request)
+
+    outcome = run(
+        stack(streams, *[reads] * layers), chunked_client(b"hi", then="disconnect"), backend=backend
+    )
+    if shim == "patched" and STARLETTE_AFFECTED:
+        assert not outcome.no_response_returned and not outcome.timed_out, outcome
+
+
+# --- 2. Empty body chunks are not passed on (starlette#1609, 0.20.1) ------------------------------
+
+
+@pytest.mark.parametrize("status", [200, 204, 304])
+def test_an_empty_answer_under_gzip_stays_empty(shim: str, backend: str, status: int) -> None:
+    async def empty(scope: Scope, receive: Receive, send: Send) -> None:
+        await Response(status_code=status)(scope, receive, send)
+
+    app = GZipMiddleware(stack(empty, pass_through))
+    scope = http_scope("GET")
+    scope["headers"] = [(b"host", b"testserver"), (b"accept-encoding", b"gzip")]
+    outcome = run(app, chunked_client(b""), backend=backend, scope=scope)
+    assert outcome.clean, outcome
+    headers = dict(outcome.messages[0]["headers"])
+    if not fixed(shim, (0, 15, 0), (0, 20, 1)):
+        assert headers.get(b"content-encoding") == b"gzip" and len(sent_body(outcome.messages)) == 20
+        return
+    assert b"content-encoding" not in headers and sent_body(outcome.messages) == b"", outcome
+
+
+def test_empty_chunks_between_others_are_dropped(shim: str, backend: str) -> None:
+    async def with_empty_chunks(scope: Scope, receive: Receive, send: Send) -> None:
+        async def body() -> AsyncIterator[bytes]:
+            for chunk in (b"a", b"", b"b", b""):
+                yield chunk
+
+        await StreamingResponse(body())(scope, receive, send)
+
+    outcome = run(stack(with_empty_chunks, pass_through), chunked_client(b""), backend=backend)
+    assert outcome.clean, outcome
+    chunks = [m.get("body", b"") for m in outcome.messages[1:]]
+    assert b"".join(chunks) == b"ab" and is_last(outcome.messages[-1])
+    if fixed(shim, (0, 15, 0), (0, 20, 1)):
+        assert chunks[:-1] == [b"a", b"b"], chunks  # and the last message, empty, ends the body
+
+
+# --- 3. Template info before the start (starlette#1991, 0.24.0) -----------------------------------
+
+
+async def sends_template_info(scope: Scope, receive: Receive, send: Send) -> None:
+    """As a Jinja2 TemplateResponse does under the TestClient, which offers the debug extension:
+    the template and its context first (`http.response.template` before 0.24.0, then
+    `http.response.debug`), then the page."""
+    info = {"template": "page.html", "context": {"name": "x"}}
+    if STARLETTE_RELEASE < (0, 24, 0):
+        await send({"type": "http.response.template", **info})
+    else:
+        await send({"type": "http.response.debug", "info": info})
+    await PlainTextResponse("<p>x</p>")(scope, receive, send)
+
+
+@pytest.mark.parametrize("layers", [1, 2])
+def test_template_info_reaches_the_test_client(shim: str, backend: str, layers: int) -> None:
+    scope = http_scope("GET")
+    scope["extensions"] = {"http.response.template": {}, "http.response.debug": {}}
+    outcome = run(
+        stack(sends_template_info, *[pass_through] * layers),
+        chunked_client(b""),
+        backend=backend,
+        scope=scope,
+    )
+    if not fixed(shim, (0, 15, 0), (0, 24, 0)):
+        assert any(isinstance(error, AssertionError) for error in outcome.errors()), outcome
+        return
+    assert outcome.clean, outcome
+    kinds = [message["type"] for message in outcome.messages]
+    assert kinds[0] in ("http.response.template", "http.response.debug") and kinds[1] == "http.response.start"
+    assert sent_body(outcome.messages) == b"<p>x</p>"
+
+
+def test_a_real_template_response(shim: str, backend: str) -> None:
+    """starlette's own Jinja2 TemplateResponse behind a layer, with the debug extension offered."""
+    from starlette.templating import Jinja2Templates  # the test sessions install jinja2
+
+    with tempfile.TemporaryDirectory() as directory:
+        with open(os.path.join(directory, "page.html"), "w") as page:
+            page.write("<p>{{ name }}</p>")
+        templates = Jinja2Templates(directory=directory)
+        template_response: Any = templates.TemplateResponse  # its arguments changed in 0.29.0
+
+        async def endpoint(scope: Scope, receive: Receive, send: Send) -> None:
+            request = Request(scope, receive)
+            if STARLETTE_RELEASE < (0, 29, 0):
+                response = template_response("page.html", {"request": request, "name": "x"})
+            else:
+                response = template_response(request, "page.html", {"name": "x"})
+            await response(scope, receive, send)
+
+        scope = http_scope("GET")
+        scope["extensions"] = {"http.response.template": {}, "http.response.debug": {}}
+        outcome = run(stack(endpoint, pass_through), chunked_client(b""), backend=backend, scope=scope)
+    if not fixed(shim, (0, 15, 0), (0, 24, 0)):
+        assert any(isinstance(error, AssertionError) for error in outcome.errors()), outcome
+        return
+    assert outcome.clean, outcome
+    assert sent_body(outcome.messages) == b"<p>x</p>"
+
+
+# --- 4. pathsend: a file answer arrives whole (0.36.0 - 0.38.0; 0.38.1 took it out) ----------------
+
+
+@pytest.mark.parametrize("layers", [1, 2])
+@pytest.mark.parametrize("size", [0, 10, 64 * 1024, 200_000])
+def test_a_file_answer_arrives_whole_where_the_server_offers_pathsend(
+    shim: str, backend: str, layers: int, size: int
+) -> None:
+    content = bytes(range(256)) * (size // 256) + b"x" * (size % 256)
+    with tempfile.NamedTemporaryFile(delete=False) as file:
+        file.write(content)
+    try:
+
+        async def endpoint(scope: Scope, receive: Receive, send: Send) -> None:
+            await FileResponse(file.name)(scope, receive, send)
+
+        scope = http_scope("GET")
+        scope["extensions"] = {"http.response.pathsend": {}}
+        outcome = run(
+            stack(endpoint, *[pass_through] * layers), chunked_client(b""), backend=backend, scope=scope
+        )
+    finally:
+        os.unlink(file.name)
+    if not fixed(shim, (0, 36, 0), (0, 38, 1)):
+        assert any(isinstance(error, AssertionError) for error in outcome.errors()), outcome
+        return
+    assert outcome.clean, outcome
+    pathsend = [m for m in outcome.messages if m["type"] == "http.response.pathsend"]
+    if pathsend:  # the newest starlette passes the extension's message through (#2671)
+        assert pathsend == [{"type": "http.response.pathsend", "path": file.name}]
+    else:
+        assert sent_body(outcome.messages) == content and is_last(outcome.messages[-1])
+
+
+# --- 5. request.url_for in a dispatch (starlette#2672, 0.39.2) ------------------------------------
+
+
+def test_url_for_works_in_a_dispatch(shim: str, backend: str) -> None:
+    async def home(request: Request) -> Response:
+        return PlainTextResponse("home")
+
+    async def links(request: Request, call_next: CallNext) -> Response:
+        home = str(request.url_for("home"))  # before call_next: the router has not run yet
+        response = await call_next(request)
+        response.headers["x-home"] = home
+        return response
+
+    app = Starlette(
+        routes=[Route("/", home, name="home")], middleware=[Middleware(BaseHTTPMiddleware, dispatch=links)]
+    )
+    outcome = run(app, chunked_client(b""), backend=backend, scope=http_scope("GET"))
+    if not fixed(shim, (0, 0, 0), (0, 39, 2)):
+        # ServerErrorMiddleware answers 500 and raises KeyError('router') for the server.
+        assert outcome.messages[0]["status"] == 500, outcome
+        assert any(isinstance(error, KeyError) for error in outcome.errors()), outcome
+        return
+    assert outcome.clean, outcome
+    assert dict(outcome.messages[0]["headers"])[b"x-home"] == b"http://testserver/"
+
+
+# --- 6. 0.28.0: the end of a chunked answer does not wait for its background task (#2194) ---------
+
+
+def test_a_chunked_answer_ends_before_its_background_task(shim: str, backend: str) -> None:
+    async def slow() -> None:
+        await anyio.sleep(0.5)
+
+    async def endpoint(scope: Scope, receive: Receive, send: Send) -> None:
+        async def body() -> AsyncIterator[bytes]:
+            yield b"chunk"
+
+        await StreamingResponse(body(), background=BackgroundTask(slow))(scope, receive, send)
+
+    ended = []
+
+    def timed(app: ASGIApp) -> ASGIApp:
+        async def timed_app(scope: Scope, receive: Receive, send: Send) -> None:
+            started = anyio.current_time()
+
+            async def send_timed(message: Message) -> None:
+                if is_last(message):
+                    ended.append(anyio.current_time() - started)
+                await send(message)
+
+            await app(scope, receive, send_timed)
+
+        return timed_app
+
+    outcome = run(timed(stack(endpoint, pass_through)), chunked_client(b""), backend=backend)
+    assert outcome.clean, outcome
+    # Unpatched, the layer's body ends when the inner app returns, after its task, before 0.20.1
+    # (starlette#919) and again on 0.24.0 - 0.28.0 (fixed in 0.29.0, #2194).
+    waits = (0, 15, 0) <= STARLETTE_RELEASE < (0, 20, 1) or (0, 24, 0) <= STARLETTE_RELEASE < (0, 29, 0)
+    if shim != "unpatched" and STARLETTE_CANCELS:
+        waits = False  # the after-response fix ends it at the last message
+    elif shim == "patched" and STARLETTE_RELEASE == (0, 28, 0):
+        waits = False  # end-at-last
+    if waits:
+        assert ended[0] >= 0.5, ended
+    else:
+        # Bounded far from the task's 0.5 s, so that a loaded machine does not make it fail.
+        assert ended[0] < 0.4, ended
