@@ -23,11 +23,13 @@ SHAPES = {
     "plain-1-layer": "(a) plain response, 1 layer",
     "stream100-3-layers": "(b) 100 chunks, 3 layers",
     "background-1-layer": "(c) plain response + background task, 1 layer",
+    "json-body-1-layer": "(d) the dispatch reads a small JSON body, 1 layer",
 }
 # Each figure is the median ratio to unpatched 0.20.4; the first is what a request costs there.
 VARIANTS = {
     "patched": "shim",
     "without-errors": "shim without the errors fix",
+    "without-pass-through": "shim without the pass-through fix",
     "start-only": "start fix alone",
     "empty-wrapt": "empty wrapt wrapper",
 }

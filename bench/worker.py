@@ -50,10 +50,20 @@ async def pass_through(request: Request, call_next: Any) -> Response:
     return await call_next(request)  # type: ignore[no-any-return]
 
 
-SHAPES: dict[str, tuple[Callable[..., Any], int]] = {
-    "plain-1-layer": (plain, 1),  # (a)
-    "stream100-3-layers": (streaming, 3),  # (b)
-    "background-1-layer": (plain_with_background, 1),  # (c)
+async def reads_json(request: Request, call_next: Any) -> Response:
+    # The endpoint does not read the body: unpatched 0.15 - 0.20.4 would wait for it for ever.
+    await request.json()
+    return await call_next(request)  # type: ignore[no-any-return]
+
+
+JSON_BODY = b'{"user": "ada", "items": [1, 2, 3]}'
+
+# shape: (endpoint, layers, dispatch, request body)
+SHAPES: dict[str, tuple[Callable[..., Any], int, Callable[..., Any], bytes]] = {
+    "plain-1-layer": (plain, 1, pass_through, b""),  # (a)
+    "stream100-3-layers": (streaming, 3, pass_through, b""),  # (b)
+    "background-1-layer": (plain_with_background, 1, pass_through, b""),  # (c)
+    "json-body-1-layer": (plain, 1, reads_json, JSON_BODY),  # (d)
 }
 
 
@@ -66,10 +76,12 @@ def set_variant(variant: str) -> None:
 
     starlette_shield_patch.remove()
     BaseHTTPMiddleware.__call__ = ORIGINAL  # type: ignore[method-assign]
-    if variant in ("patched", "without-errors", "start-only"):
-        # start-only: the response-start fix alone; without-errors: every fix but the errors fix.
+    if variant in ("patched", "without-errors", "without-pass-through", "start-only"):
+        # start-only: the response-start fix alone; without-X: every fix but that one.
         after_response = variant != "start-only"
-        starlette_shield_patch.apply(after_response=after_response, errors=variant == "patched")
+        errors = variant in ("patched", "without-pass-through")
+        pass_through = variant in ("patched", "without-errors")
+        starlette_shield_patch.apply(after_response=after_response, errors=errors, pass_through=pass_through)
         assert starlette_shield_patch.status().patched, starlette_shield_patch.status()
     elif variant == "empty-wrapt":
         BaseHTTPMiddleware.__call__ = wrapt.FunctionWrapper(ORIGINAL, empty_wrapper)  # type: ignore[method-assign]
@@ -78,13 +90,26 @@ def set_variant(variant: str) -> None:
 
 
 def one_round(shape: str, requests: int) -> float:
-    endpoint, layers = SHAPES[shape]
+    endpoint, layers, dispatch, body = SHAPES[shape]
     app: Any = endpoint
     for _ in range(layers):
-        app = BaseHTTPMiddleware(app, dispatch=pass_through)
+        app = BaseHTTPMiddleware(app, dispatch=dispatch)
 
     async def receive() -> Any:
         await anyio.sleep_forever()  # a connected client: only cancellation ends this
+
+    def client() -> Any:
+        """A connected client that sent `body`."""
+        sent = False
+
+        async def receive_body() -> Any:
+            nonlocal sent
+            if sent:
+                await anyio.sleep_forever()
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        return receive_body
 
     async def send(message: Any) -> None:
         pass
@@ -92,7 +117,7 @@ def one_round(shape: str, requests: int) -> float:
     async def main() -> float:
         started = time.perf_counter()
         for _ in range(requests):
-            await app(dict(SCOPE), receive, send)
+            await app(dict(SCOPE), client() if body else receive, send)
         return time.perf_counter() - started
 
     gc.collect()
