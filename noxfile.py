@@ -163,7 +163,7 @@ def fastapi(session: nox.Session, fastapi: str) -> None:
         pins = [f"fastapi=={fastapi}", f"starlette=={starlette}", *anyio_requirements(starlette, "newest")]
     else:
         pins = [f"fastapi=={fastapi}", "anyio[trio]"]
-    session.install(".", *pins, "pytest")
+    session.install(".", *pins, "pytest", "jinja2", "requests")
     pytest(session, "-m", "fastapi")
 
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import random
+import socket
 import threading
+import time
 from typing import Callable
 
 import pytest
@@ -15,6 +18,7 @@ from tests.asgi import (
     GROUPS_ESCAPE,
     STARLETTE_AFFECTED,
     STARLETTE_CANCELS,
+    STARLETTE_RELEASE,
     layers_that_show_the_bug,
 )
 
@@ -218,3 +222,82 @@ def test_an_endpoint_error_is_logged_as_itself_with_no_false_no_response_returne
     assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(b"echo stay"), answer
     assert left == 0
     assert server.exit_code == 0 and server.stopped_in < 10, server.log
+
+
+def post_json(port: int, body: bytes, parts: int, timeout: float) -> bytes | None:
+    """POST `body` to /json in `parts` pieces, 20 ms apart; the whole answer, or None if none came
+    within `timeout` seconds of the last piece."""
+    head = (
+        "POST /json HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    ).encode()
+    size = -(-len(body) // parts)
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as connection:
+        connection.sendall(head)
+        for start in range(0, len(body), size):
+            time.sleep(0.02)
+            connection.sendall(body[start : start + size])
+        answer = b""
+        try:
+            chunk = connection.recv(65536)
+            while chunk:
+                answer += chunk
+                chunk = connection.recv(65536)
+        except socket.timeout:
+            return None
+    return answer
+
+
+@pytest.mark.parametrize("parts", [1, 3], ids=["body-in-one-piece", "body-in-three-pieces"])
+def test_a_dispatch_that_reads_the_json_body_lets_the_endpoint_read_it(shim: str, parts: int) -> None:
+    """starlette#1692 on 0.15 - 0.20.4: unpatched, the endpoint waits for the body that the
+    dispatch read. 20 clients stay and 5 leave mid-body (the dispatch answers those 400)."""
+    hangs = shim == "unpatched" and STARLETTE_CANCELS
+    bodies = [json.dumps({"client": number, "pad": "x" * 40 * number}).encode() for number in range(20)]
+    answers: dict[int, bytes | None] = {}
+
+    def client(number: int) -> None:
+        answers[number] = post_json(server.port, bodies[number], parts, timeout=1.0 if hangs else 10.0)
+
+    with serving("demo.through_app:app", shim=shim == "patched") as server:
+        incomplete = request_bytes("POST", "/json", b'{"client":', declared=50)
+        leaving = (server.port, incomplete, 0.01)
+        clients = [threading.Thread(target=leave_after, args=leaving) for _ in range(5)]
+        clients += [threading.Thread(target=client, args=(number,)) for number in range(20)]
+        together(clients)
+
+    assert len(answers) == 20
+    if hangs:
+        assert all(answer is None for answer in answers.values()), answers
+        return
+    for number, answer in answers.items():
+        assert answer is not None and answer.startswith(b"HTTP/1.1 200"), answer
+        assert json.loads(answer.split(b"\r\n\r\n", 1)[1]) == {"echo": json.loads(bodies[number])}
+    assert "Traceback" not in server.log and "ERROR" not in server.log, server.log
+    assert server.exit_code == 0 and server.stopped_in < 10, server.log
+
+
+@pytest.mark.parametrize("status", [204, 304])
+def test_gzip_above_a_layer_sends_an_empty_answer_as_it_is(shim: str, status: int) -> None:
+    """starlette#1609 on 0.15 - 0.20.0: unpatched, GZip compresses the layer's empty chunk into 20
+    bytes that a 204 or 304 may not have, and uvicorn's h11 refuses them."""
+    request = (
+        f"GET /empty?status={status} HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept-Encoding: gzip\r\n"
+        "Connection: close\r\n\r\n"
+    ).encode()
+    with serving("demo.through_app:app", shim=shim == "patched") as server, socket.create_connection(
+        ("127.0.0.1", server.port), timeout=10
+    ) as connection:
+        connection.sendall(request)
+        answer = b""
+        chunk = connection.recv(65536)
+        while chunk:
+            answer += chunk
+            chunk = connection.recv(65536)
+
+    protocol_error = "LocalProtocolError" in server.log
+    if shim == "unpatched" and STARLETTE_RELEASE < (0, 20, 1):
+        assert protocol_error, server.log
+        return
+    assert not protocol_error, server.log
+    assert answer.startswith(f"HTTP/1.1 {status}".encode()) and b"content-encoding" not in answer.lower()
