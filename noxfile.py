@@ -17,6 +17,7 @@ nox.options.error_on_external_run = True
 
 CANCELLING = list(releases.CANCELLING)  # 0.15 - 0.20: every release
 FOUR_LAYERS = [releases.FOUR_LAYERS[0], releases.FOUR_LAYERS[-1]]  # 0.28 - 0.38.2: the first and the last
+PATHSEND = "0.37.2"  # FastAPI 0.110 - 0.112 resolve to it
 UNAFFECTED = [*releases.UNAFFECTED, "newest"]
 MAIN_PYTHON = "3.11"
 ROOT = Path(__file__).parent
@@ -77,6 +78,8 @@ def matrix() -> list[tuple[str, str, str]]:
     edges = [CANCELLING[0], CANCELLING[-1], *FOUR_LAYERS]
     rows += [(python, release, which) for python in EDGE_PYTHONS for release in edges for which in both]
     rows += [(MAIN_PYTHON, release, which) for release in FOUR_LAYERS for which in both]
+    # 0.36.0 - 0.38.0 send http.response.pathsend where the server offers it (file-body).
+    rows += [(MAIN_PYTHON, PATHSEND, "newest")]
     rows += [(MAIN_PYTHON, release, "newest") for release in UNAFFECTED]
     rows += [(EDGE_PYTHONS[-1], "newest", "newest")]
     rows += [(OLDEST_PYTHON, release, which) for release in ON_OLDEST_PYTHON[:2] for which in both]

@@ -507,7 +507,7 @@ def _with_body_read(request: Any, receive: Receive) -> Any:
     # body that never comes. As 0.28.0: after body() or json() the inner app gets that body in
     # one message, after stream() or form() an empty one, then whatever the server says next.
     # A dispatch that hands call_next a Request with a receive of its own keeps it, as unpatched.
-    if request is None or receive is not getattr(request, "_receive", None):
+    if receive is not getattr(request, "_receive", None):
         return receive
     body = getattr(request, "_body", None)
     if body is None:

@@ -23,7 +23,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import FileResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from conftest import shim_named
+from conftest import shim_named, shim_state
 from tests.asgi import (
     STARLETTE_AFFECTED,
     STARLETTE_CANCELS,
@@ -259,6 +259,10 @@ def test_empty_chunks_between_others_are_dropped(shim: str, backend: str) -> Non
     assert b"".join(chunks) == b"ab" and is_last(outcome.messages[-1])
     if fixed(shim, (0, 15, 0), (0, 20, 1)):
         assert chunks[:-1] == [b"a", b"b"], chunks  # and the last message, empty, ends the body
+    if shim == "patched":  # and with the after-response fix off, whose sends are other code
+        with shim_state(True, after_response=False):
+            outcome = run(stack(with_empty_chunks, pass_through), chunked_client(b""), backend=backend)
+        assert outcome.clean and [m.get("body", b"") for m in outcome.messages[1:-1]] == [b"a", b"b"]
 
 
 # --- 3. Template info before the start (starlette#1991, 0.24.0) -----------------------------------
