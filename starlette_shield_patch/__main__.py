@@ -14,7 +14,16 @@ from _starlette_shield_patch_startup import ARMS_AT_STARTUP, MEANINGS, VARIABLE,
 
 from . import _patch, apply, remove
 from ._guard import AFFECTED_RANGE_TEXT, affected
-from ._selftest import CLEAN, FINISHED, ITSELF, after_response_outcome, disconnect_outcome, errors_outcome
+from ._selftest import (
+    CLEAN,
+    FINISHED,
+    HANDED_ON,
+    ITSELF,
+    after_response_outcome,
+    disconnect_outcome,
+    errors_outcome,
+    pass_through_outcome,
+)
 
 if sys.version_info >= (3, 8):
     from importlib.metadata import PackageNotFoundError, version  # novermin (3.8 and later only)
@@ -116,13 +125,19 @@ def self_test() -> dict[str, Any]:
         _patch.RESPONSE_START: disconnect_outcome,
         _patch.AFTER_RESPONSE: after_response_outcome,
         _patch.ERRORS: errors_outcome,
+        _patch.PASS_THROUGH: pass_through_outcome,
     }
     remove()
     without = {fix: scenario() for fix, scenario in scenarios.items()}
     apply()
     status = _patch.status()
     with_shim = {fix: scenario() if status.patched else without[fix] for fix, scenario in scenarios.items()}
-    good = {_patch.RESPONSE_START: CLEAN, _patch.AFTER_RESPONSE: FINISHED, _patch.ERRORS: ITSELF}
+    good = {
+        _patch.RESPONSE_START: CLEAN,
+        _patch.AFTER_RESPONSE: FINISHED,
+        _patch.ERRORS: ITSELF,
+        _patch.PASS_THROUGH: HANDED_ON,
+    }
     # A fix that was not asked for (STARLETTE_SHIELD_PATCH=start-only) is not held against it;
     # on a release the shim leaves alone, only the two bugs that make a release affected count
     # (0.21 - 0.27 have errors that come out as groups too, which the shim's brief leaves to them).

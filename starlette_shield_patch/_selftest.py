@@ -3,7 +3,8 @@
 Outcomes, the same words in the doctor, the tests and the demo: "clean" or "No response
 returned." for the disconnect; "finished" or "cancelled" for the work after the response;
 "itself", "swallowed", "past call_next" (not raised where the dispatch awaits it) or what came
-out instead for an error; the name of the exception for anything else.
+out instead for an error; "handed on" or "endpoint waits" for a body the dispatch read; the name
+of the exception for anything else.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ CANCELLED = "cancelled"
 ITSELF = "itself"
 SWALLOWED = "swallowed"
 PAST_CALL_NEXT = "past call_next"  # the error itself, but not raised where the dispatch awaits
+HANDED_ON = "handed on"  # the body the dispatch read reached the endpoint
+WAITS = "endpoint waits"  # it did not, and the endpoint waited for it (cut after half a second)
 
 
 def http_scope(method: str = "POST", path: str = "/") -> Any:
@@ -137,6 +140,29 @@ def errors_outcome() -> str:
     return what if what == NO_RESPONSE_RETURNED else type(escaped[0]).__name__
 
 
+def pass_through_outcome() -> str:
+    """One layer whose dispatch reads the request body, over an endpoint that reads it and answers
+    with it: the body should be handed on."""
+    from starlette.requests import Request
+    from starlette.responses import PlainTextResponse
+
+    answered: list[bytes] = []
+
+    async def echoes(scope: Any, receive: Any, send: Any) -> None:
+        answered.append(await Request(scope, receive).body())
+        await PlainTextResponse(answered[-1])(scope, receive, send)
+
+    async def reads(request: Any, call_next: Any) -> Any:
+        await request.body()
+        return await call_next(request)
+
+    def client_sends(calls: int, response_over: bool) -> dict[str, Any] | None:
+        return {"type": "http.request", "body": b"ping", "more_body": False} if calls == 1 else None
+
+    what = _request(echoes, layers=1, client=client_sends, outer=reads, timeout=0.5)
+    return what or (HANDED_ON if answered == [b"ping"] else WAITS)
+
+
 def _request(
     endpoint: Any,
     *,
@@ -144,6 +170,7 @@ def _request(
     client: Callable[[int, bool], dict[str, Any] | None],
     escaped: list[BaseException] | None = None,
     outer: Any = None,
+    timeout: float = 5.0,
 ) -> str | None:
     """One request through `layers` pass-through layers (the outermost with the dispatch `outer`
     instead, if given); None, or what it raised (itself in `escaped`)."""
@@ -176,10 +203,10 @@ def _request(
         received += len(message.get("body", b""))
 
     async def main() -> None:
-        with anyio.move_on_after(5):
+        with anyio.move_on_after(timeout):
             try:
                 await app(http_scope("GET"), receive, send)
-            except anyio.get_cancelled_exc_class():  # pragma: no cover  # a hang, cut at 5 s
+            except anyio.get_cancelled_exc_class():  # a hang, cut at `timeout`
                 raise
             except BaseException as exc:  # anyio 3's ExceptionGroup is a BaseException
                 errors.append(exc)
