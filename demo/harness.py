@@ -111,7 +111,7 @@ def server_command(
     reload: bool = False,
 ) -> list[str]:
     """The command line (after `python`) that serves `app` as a deployment would: uvicorn, hypercorn,
-    or gunicorn with uvicorn's worker class; several workers where `workers` > 1, gunicorn's
+    granian, or gunicorn with uvicorn's worker class; several workers where `workers` > 1, gunicorn's
     --preload, uvicorn's --reload."""
     if server == "uvicorn":
         command = ["-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port), "--loop", loop]
@@ -121,6 +121,9 @@ def server_command(
     if server == "hypercorn":
         command = ["-m", "hypercorn", app, "--bind", f"127.0.0.1:{port}", "--worker-class", loop]
         return command + (["--workers", str(workers)] if workers > 1 else [])
+    if server == "granian":  # it offers the http.response.pathsend extension
+        command = ["-m", "granian", "--interface", "asgi", "--host", "127.0.0.1", "--port", str(port)]
+        return [*command, "--workers", str(workers), app]
     assert server == "gunicorn", server
     command = ["-m", "gunicorn", app, "--bind", f"127.0.0.1:{port}", "--workers", str(workers)]
     command += ["--worker-class", "uvicorn.workers.UvicornWorker", "--log-level", "warning"]

@@ -1,6 +1,6 @@
 """The app of the servers' pass-through tests: a layer whose dispatch reads the JSON body of a POST
 (as logging and auth middleware do), GZip above it, and endpoints that echo the body or answer
-with an empty body.
+with an empty body, and a file.
 
 Run as `uvicorn demo.through_app:app`; DEMO_SHIM=1 imports the shim first.
 """
@@ -18,7 +18,7 @@ from starlette.middleware import Middleware
 from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
 from starlette.middleware.gzip import GZipMiddleware
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 log = logging.getLogger("demo.through_app")
@@ -42,7 +42,13 @@ async def empty(request: Request) -> Response:
     return Response(status_code=int(request.query_params["status"]))
 
 
+async def file(request: Request) -> Response:
+    """The file DEMO_FILE names: with a server that offers pathsend (granian), 0.36.0 - 0.38.0's
+    FileResponse sends its path instead of its body."""
+    return FileResponse(os.environ["DEMO_FILE"])
+
+
 app = Starlette(
-    routes=[Route("/json", echo_json, methods=["POST"]), Route("/empty", empty)],
+    routes=[Route("/json", echo_json, methods=["POST"]), Route("/empty", empty), Route("/file", file)],
     middleware=[Middleware(GZipMiddleware), Middleware(BaseHTTPMiddleware, dispatch=logs_the_json_body)],
 )
