@@ -11,12 +11,16 @@ cancels out.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
+import re
+import shutil
 import statistics
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 SHAPES = {
@@ -83,7 +87,39 @@ def percent(ratio: float) -> str:
     return f"{(ratio - 1) * 100:+.1f}%"
 
 
-def measure(fixed: Worker, upstream: Worker, shape: str, rounds: int) -> dict[str, float]:
+def spread(values: list[float]) -> str:
+    """The median ratio and its interquartile range, as percentages."""
+    quartiles = statistics.quantiles(values, n=4)
+    return f"{percent(statistics.median(values))} [{percent(quartiles[0])}, {percent(quartiles[2])}]"
+
+
+def instructions(python: Path, shape: str, variant: str) -> int | None:
+    """Instructions per request under valgrind's callgrind (deterministic, unlike time on a shared
+    machine): (220 requests - 20 requests) / 200. None without valgrind."""
+    if shutil.which("valgrind") is None:
+        return None
+    counts = []
+    for requests in (20, 220):
+        command = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", str(python)]
+        command += ["-m", "bench.count", shape, variant, str(requests)]
+        environment = {**os.environ, "PYTHONPATH": str(ROOT), "STARLETTE_SHIELD_PATCH": ""}
+        environment["PYTHONHASHSEED"] = "0"  # the same dict layouts in every run
+        done = subprocess.run(command, cwd=ROOT, env=environment, capture_output=True, text=True, check=True)
+        collected = re.search(r"Collected : (\d+)", done.stderr)
+        assert collected, done.stderr
+        counts.append(int(collected.group(1)))
+    return (counts[1] - counts[0]) // 200
+
+
+def machine() -> str:
+    """What the figures were measured on."""
+    model = ""
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as cpuinfo:
+        model = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), "")
+    return f"{platform.machine()}, {model or 'unknown CPU'}, {os.cpu_count()} CPUs, {platform.platform()}"
+
+
+def measure(fixed: Worker, upstream: Worker, shape: str, rounds: int) -> dict[str, Any]:
     probe = fixed.round(shape, "unpatched", 20) / 20
     requests = max(10, int(ROUND_SECONDS / probe))
     variants = [(fixed, "unpatched"), *[(fixed, name) for name in VARIANTS], (upstream, "upgrade")]
@@ -99,7 +135,7 @@ def measure(fixed: Worker, upstream: Worker, shape: str, rounds: int) -> dict[st
         base_times.append(base / requests)
         for variant in ratios:
             ratios[variant].append(times[variant] / base)
-    figures = {name: statistics.median(values) for name, values in ratios.items()}
+    figures: dict[str, Any] = {name: spread(values) for name, values in ratios.items()}
     figures["microseconds"] = statistics.median(base_times) * 1e6
     figures["requests"] = requests
     return figures
@@ -120,12 +156,18 @@ def main() -> int:
     parser.add_argument("--starlette", action="append", choices=list(PAIRS), help="default: both")
     parser.add_argument("--anyio", action="append", choices=list(ANYIO), help="default: all")
     parser.add_argument("--shape", action="append", choices=list(SHAPES), help="default: all")
+    parser.add_argument("--no-instructions", action="store_true", help="skip the valgrind counts")
     arguments = parser.parse_args()
     cache = ROOT / ".bench"
     rounds = f"{arguments.rounds} rounds of ~{ROUND_SECONDS}s per variant"
-    print(f"Python {platform.python_version()}, {os.cpu_count()} CPUs, {rounds}")
+    print(f"Python {platform.python_version()}; {machine()}; {rounds}")
+    print("Time: the median ratio to unpatched over the rounds, [its interquartile range].")
+    counted = not arguments.no_instructions and shutil.which("valgrind") is not None
+    if counted:
+        print("Instructions per request under valgrind (callgrind), unpatched / shim / upgrade.")
     print()
     header = ["starlette", "anyio", "shape", "unpatched, µs/request", *VARIANTS.values(), "upgrade"]
+    header += ["instructions: unpatched / shim / upgrade"] if counted else []
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     for release in arguments.starlette or PAIRS:
@@ -143,8 +185,13 @@ def main() -> int:
                         installed(fixed_python, "anyio"),
                         SHAPES[shape],
                         f"{figures['microseconds']:.0f}",
-                        *[percent(figures[variant]) for variant in [*VARIANTS, "upgrade"]],
+                        *[figures[variant] for variant in [*VARIANTS, "upgrade"]],
                     ]
+                    if counted:
+                        base = instructions(fixed_python, shape, "unpatched") or 1
+                        shim = instructions(fixed_python, shape, "patched") or 0
+                        upgrade = instructions(upstream_python, shape, "unpatched") or 0
+                        cells.append(f"{base:,} / {percent(shim / base)} / {percent(upgrade / base)}")
                     print("| " + " | ".join(cells) + " |", flush=True)
             finally:
                 fixed.close()

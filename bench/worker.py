@@ -9,6 +9,7 @@ from __future__ import annotations
 import gc
 import sys
 import time
+import types
 from typing import Any, AsyncIterator, Callable
 
 import anyio
@@ -18,11 +19,15 @@ from starlette.middleware.base import BaseHTTPMiddleware
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response, StreamingResponse
 
-from starlette_shield_patch._selftest import http_scope
+# starlette's own __call__, taken before anything imports the shim: importing the package patches
+# BaseHTTPMiddleware at once when starlette is there, and "unpatched" must not be our wrapper.
+ORIGINAL = BaseHTTPMiddleware.__dict__["__call__"]
+assert type(ORIGINAL) is types.FunctionType, f"BaseHTTPMiddleware.__call__ is wrapped already: {ORIGINAL!r}"
+
+from starlette_shield_patch._selftest import http_scope  # noqa: E402  # after ORIGINAL, see above
 
 CHUNK = b"x" * 64
 SCOPE = http_scope("GET")
-ORIGINAL = BaseHTTPMiddleware.__dict__["__call__"]
 
 
 async def plain(scope: Any, receive: Any, send: Any) -> None:

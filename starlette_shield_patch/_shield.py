@@ -558,12 +558,24 @@ async def _layer(call: Awaitable[None], pieces: InForce, stand_in: _StandIn) -> 
             error = _collapse(exc)
             raise error from _origin(error)
         raise
-    if pieces.close_discarded:
+    if pieces.close_discarded and not _all_read(stand_in):
         _close_streams(stand_in.calls)
     elif pieces.close_streams:
         stand_in.calls.clear()  # the frames hold the stand-in: let it go without the cyclic GC
     if pieces.raises_kept:
         _raise_kept(stand_in.runs)
+
+
+def _all_read(layer: _StandIn) -> bool:
+    """close-discarded-streams: whether every call_next's body was read to its end, so that
+    starlette closed its streams itself (the common case: no frame to look into)."""
+    # Each call that ran its inner app has a run, whose stream is call_next's sending end; its
+    # state counts the receiving ends still open. The sending end is closed by starlette when the
+    # inner app returns, which it has by the time the layer is done.
+    runs = layer.runs
+    return len(runs) == len(layer.calls) and all(
+        getattr(getattr(run._stream, "_state", None), "open_receive_channels", 1) == 0 for run in runs
+    )
 
 
 def _keeping_calls(call_next: Any, calls: list[Any]) -> Any:
