@@ -235,7 +235,7 @@ def test_a_middleware_that_reads_the_json_body(backend: str, shim: str, layers: 
     scope["headers"].append((b"content-length", str(len(body)).encode()))
     hangs = shim == "unpatched" and STARLETTE_CANCELS
     with shim_named(shim):
-        outcome = run(app, client_stays(body), backend=backend, scope=scope, timeout=0.5 if hangs else 5.0)
+        outcome = run(app, client_stays(body), backend=backend, scope=scope, timeout=0.2 if hangs else 5.0)
 
     assert logged == [{"name": "pen", "price": 1.5}] * (1 if hangs else layers)  # unpatched, the next waits
     if hangs:

@@ -7,6 +7,7 @@ that have the defect the unpatched run shows it, and the newest starlette is the
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import tempfile
@@ -47,8 +48,15 @@ pytestmark = pytest.mark.skipif(not STARLETTE_HAS_ANYIO, reason="needs an anyio 
 Dispatch = Callable[[Request, CallNext], Awaitable[Response]]
 
 
-@pytest.fixture(params=["unpatched", "patched", "without-pass-through"])
+@pytest.fixture(params=["unpatched", "patched"])
 def shim(request: pytest.FixtureRequest) -> Iterator[str]:
+    with shim_named(request.param) as name:
+        yield name
+
+
+@pytest.fixture(params=["unpatched", "patched", "without-pass-through"])
+def shim_or_off(request: pytest.FixtureRequest) -> Iterator[str]:
+    """As `shim`, and with every fix but the pass-through fix (its switch turns it off)."""
     with shim_named(request.param) as name:
         yield name
 
@@ -108,15 +116,16 @@ def reads_with(how: str, read: list[bytes]) -> Dispatch:
 
 def hangs_unless_fixed(shim: str, first: tuple[int, int, int], fixed_in: tuple[int, int, int]) -> float:
     """The time to give a run: short where it is expected to hang, else generous."""
-    return 5.0 if fixed(shim, first, fixed_in) else 0.3
+    return 5.0 if fixed(shim, first, fixed_in) else 0.1
 
 
 @pytest.mark.parametrize("how", ["body", "json", "stream"])
 @pytest.mark.parametrize("layers", [1, 2])
 @pytest.mark.parametrize("chunks", [(b'{"a": 1}',), (b'{"a"', b": 1}")])
 def test_the_body_a_dispatch_read_reaches_the_endpoint(
-    shim: str, backend: str, how: str, layers: int, chunks: tuple[bytes, ...]
+    shim_or_off: str, backend: str, how: str, layers: int, chunks: tuple[bytes, ...]
 ) -> None:
+    shim = shim_or_off
     read: list[bytes] = []
     app = stack(echoes_body, *[reads_with(how, read)] * layers)
     timeout = hangs_unless_fixed(shim, (0, 0, 0), BODY_READ_FIXED_IN)
@@ -227,6 +236,7 @@ def test_reading_the_body_keeps_the_disconnect_fix(shim: str, backend: str, laye
 # --- 2. Empty body chunks are not passed on (starlette#1609, 0.20.1) ------------------------------
 
 
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 @pytest.mark.parametrize("layers", [1, 2])
 @pytest.mark.parametrize("status", [200, 204, 304])
 def test_an_empty_answer_under_gzip_stays_empty(shim: str, backend: str, status: int, layers: int) -> None:
@@ -234,9 +244,13 @@ def test_an_empty_answer_under_gzip_stays_empty(shim: str, backend: str, status:
         await Response(status_code=status)(scope, receive, send)
 
     app = GZipMiddleware(stack(empty, *[pass_through] * layers))
+    # starlette's GZipMiddleware leaves a GzipFile unclosed where it does not compress; Python 3.13
+    # warns when it is collected. Collected here, inside this test's filter, not in a later test.
     scope = http_scope("GET")
     scope["headers"] = [(b"host", b"testserver"), (b"accept-encoding", b"gzip")]
     outcome = run(app, chunked_client(b""), backend=backend, scope=scope)
+    del app
+    gc.collect()
     assert outcome.clean, outcome
     headers = dict(outcome.messages[0]["headers"])
     if not fixed(shim, (0, 15, 0), (0, 20, 1)):
@@ -393,7 +407,7 @@ def test_url_for_works_in_a_dispatch(shim: str, backend: str, layers: int) -> No
 @pytest.mark.parametrize("layers", [1, 2])
 def test_a_chunked_answer_ends_before_its_background_task(shim: str, backend: str, layers: int) -> None:
     async def slow() -> None:
-        await anyio.sleep(0.5)
+        await anyio.sleep(0.3)
 
     async def endpoint(scope: Scope, receive: Receive, send: Send) -> None:
         async def body() -> AsyncIterator[bytes]:
@@ -426,7 +440,7 @@ def test_a_chunked_answer_ends_before_its_background_task(shim: str, backend: st
     elif shim == "patched" and STARLETTE_RELEASE == (0, 28, 0):
         waits = False  # end-at-last
     if waits:
-        assert ended[0] >= 0.5, ended
+        assert ended[0] >= 0.3, ended
     else:
-        # Bounded far from the task's 0.5 s, so that a loaded machine does not make it fail.
-        assert ended[0] < 0.4, ended
+        # Bounded away from the task's 0.3 s, so that a loaded machine does not make it fail.
+        assert ended[0] < 0.2, ended
