@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+import sys
 from typing import Any
 
 import anyio
@@ -15,8 +17,12 @@ from starlette_shield_patch import _shield
 from tests.asgi import (
     STARLETTE_CANCELS,
     STARLETTE_HAS_ANYIO,
+    ASGIApp,
     CallNext,
     Outcome,
+    Receive,
+    Scope,
+    Send,
     client_stays,
     pass_through,
     reads_body_then_answers,
@@ -92,12 +98,71 @@ async def answers_at_once(request: Request, call_next: CallNext) -> Response:
 @pytest.mark.skipif(
     not STARLETTE_CANCELS, reason="from 0.21.0 on the layer waits for it; the shim leaves that alone"
 )
-def test_an_endpoint_that_never_started_its_response_is_not_waited_for(shim: str, backend: str) -> None:
+@pytest.mark.parametrize("nested", [False, True], ids=["waits", "waits-in-its-own-scope"])
+def test_an_endpoint_that_never_started_its_response_is_not_waited_for(
+    shim: str, backend: str, nested: bool
+) -> None:
     """The dispatch answers before the endpoint starts its response: the request ends with the
-    dispatch's answer, not when the endpoint would have answered (0.21.0 waits for it)."""
-    app = stack(reads_body_then_answers(work=1.0), answers_at_once)
+    dispatch's answer, not when the endpoint would have answered (0.21.0 waits for it). The
+    layer's task group still has that task, so starlette's cancel is made: also where the task
+    waits in a cancel scope of its own (anyio 4.2 and later keep such a task out of the group's
+    scope's tasks)."""
+    endpoint = reads_body_then_answers(work=1.0)
+    if nested:
+        endpoint = in_its_own_cancel_scope(endpoint)
+    app = stack(endpoint, answers_at_once)
 
     outcome = run(app, client_stays(), backend=backend)
 
     assert outcome.clean and outcome.messages[0]["status"] == 504
     assert outcome.elapsed < 0.5, outcome.elapsed
+
+
+def in_its_own_cancel_scope(app: ASGIApp) -> ASGIApp:
+    async def scoped(scope: Scope, receive: Receive, send: Send) -> None:
+        with anyio.fail_after(10):
+            await app(scope, receive, send)
+
+    return scoped
+
+
+@pytest.mark.skipif(
+    not STARLETTE_CANCELS, reason="only 0.15 - 0.20 cancel their task group after the response"
+)
+@pytest.mark.parametrize("busy", [False, True], ids=["every-run-ended", "a-run-never-started"])
+def test_the_layer_cancels_its_task_group_only_where_a_task_is_left(
+    shim: str, backend: str, busy: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """finish-runs skips starlette's cancel of the layer's task group where it would stop
+    nothing (it is dear on anyio 4), and gives the group its own cancel scope back."""
+    groups: list[Any] = []
+    create_task_group = anyio.create_task_group
+
+    def kept_if_the_layers() -> Any:
+        group = create_task_group()
+        if sys._getframe(1).f_globals["__name__"] == "starlette.middleware.base":
+            groups.append(group)
+        return group
+
+    cancelled: list[Any] = []
+    scope_class = importlib.import_module(f"anyio._backends._{backend}").CancelScope
+    real_cancel = scope_class.cancel
+
+    def counting_cancel(self: Any, *args: Any) -> Any:
+        cancelled.append(self)
+        return real_cancel(self, *args)
+
+    monkeypatch.setattr(anyio, "create_task_group", kept_if_the_layers)
+    monkeypatch.setattr(scope_class, "cancel", counting_cancel)
+    endpoint = in_its_own_cancel_scope(reads_body_then_answers(work=1.0 if busy else 0.0))
+    dispatch = answers_at_once if busy else pass_through
+
+    outcome = run(stack(endpoint, dispatch), client_stays(), backend=backend)
+
+    assert outcome.clean and outcome.messages[0]["status"] == (504 if busy else 200), outcome
+    assert outcome.elapsed < 0.5, outcome.elapsed
+    (group,) = groups
+    assert type(group.cancel_scope) is scope_class
+    # Unpatched (and with the response-start fix alone) starlette always cancels; with
+    # finish-runs, only a group with a task left.
+    assert (group.cancel_scope in cancelled) is (busy or shim != "patched")
