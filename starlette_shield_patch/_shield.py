@@ -6,9 +6,10 @@ starlette's own __call__ with a stand-in `self`. starlette reads two attributes 
 
 - `app`, which call_next runs: the inner app's `send` delivers `http.response.start` despite a
   pending cancellation (start-first); where a piece needs to know how the inner app did, it runs
-  in a `_Run` (finish-runs, own-error, body-error, late-error, drop-broken-send);
-- `dispatch_func`: the call_next that the dispatch gets (own-error, body-error, close-streams),
-  and the response it returns, which lets the runs finish once it is sent (finish-runs);
+  in a `_Run` (finish-runs, own-error, body-error, late-error, drop-broken-send), and the frame
+  of the call_next that runs it is kept (close-streams);
+- `dispatch_func`: the call_next that the dispatch gets (own-error, body-error), and the
+  response it returns, which lets the runs finish once it is sent (finish-runs);
 - the layer as a whole (`_layer`): what escapes it (collapse-groups, close-streams), and the
   errors that the runs kept for after the response (late-error; with finish-runs, _ThenFinish
   raises them itself).
@@ -102,7 +103,7 @@ class InForce:
         self.wraps_call_next = self.body_error  # every release with own-error has body-error too
         sends = self.skip_empty or self.template_info or self.file_body or self.end_at_last
         self.runs = self.keeps_late or self.wraps_call_next or self.drop_broken_send or sends
-        self.wraps_dispatch = self.finish_runs or self.wraps_call_next or self.close_streams or self.read_body
+        self.wraps_dispatch = self.finish_runs or self.wraps_call_next or self.read_body
         # finish-runs raises what its runs kept itself (_ThenFinish); a layer coroutine is paid
         # only where a piece needs one.
         self.raises_kept = self.late_error or (self.body_error and not self.finish_runs)
@@ -529,8 +530,6 @@ def _dispatch(dispatch: Any, layer: _StandIn, request: Any, call_next: Any) -> A
     pieces = layer.pieces
     layer.request = request  # read-body: what the dispatch read of it
     starlettes = call_next
-    if pieces.close_streams:
-        call_next = _keeping_calls(call_next, layer.calls)
     if pieces.wraps_call_next:
         call_next = _calls_next_raising(call_next, pieces, layer.runs)
     if pieces.finish_runs:
@@ -544,6 +543,8 @@ async def _then_finish(response: Awaitable[Any], runs: list[_Run], call_next: An
 
 def _app(app: App, layer: _StandIn, scope: Any, receive: Receive, send: Send) -> Awaitable[None]:
     pieces = layer.pieces
+    if pieces.close_streams:
+        _keep_call_next(layer)
     if pieces.read_body:
         receive = _with_body_read(layer.request, receive)
     if not pieces.runs:
@@ -609,7 +610,7 @@ async def _layer(call: Awaitable[None], pieces: InForce, stand_in: _StandIn) -> 
         await call
     except BaseException as exc:
         if pieces.close_streams:
-            _close_streams(stand_in.calls)
+            _close_streams(_raised_through_call_next(exc, stand_in.calls))
         if pieces.collapse_groups and isinstance(exc, _BaseExceptionGroup) and len(exc.exceptions) == 1:
             error = _collapse(exc)
             raise error from _origin(error)
@@ -625,24 +626,51 @@ async def _layer(call: Awaitable[None], pieces: InForce, stand_in: _StandIn) -> 
 def _all_read(layer: _StandIn) -> bool:
     """close-discarded-streams: whether every call_next's body was read to its end, so that
     starlette closed its streams itself (the common case: no frame to look into)."""
-    # Each call that ran its inner app has a run, whose stream is call_next's sending end; its
-    # state counts the receiving ends still open. The sending end is closed by starlette when the
-    # inner app returns, which it has by the time the layer is done.
+    # Each call that ran its inner app has a run, whose stream is call_next's sending end, and a
+    # kept frame (_keep_call_next); the stream's state counts the receiving ends still open. The
+    # sending end is closed by starlette when the inner app returns, which it has by the time the
+    # layer is done.
     runs = layer.runs
     return len(runs) == len(layer.calls) and all(
         getattr(getattr(run._stream, "_state", None), "open_receive_channels", 1) == 0 for run in runs
     )
 
 
-def _keeping_calls(call_next: Any, calls: list[Any]) -> Any:
-    """close-streams: call_next, keeping the frame of each call (a plain function: no coroutine)."""
+def _keep_call_next(layer: _StandIn) -> None:
+    """close-streams: keep the frame of the call_next that runs this inner app, found from the
+    layer's own coroutine down the chain of what each awaits (no hook on the dispatch's way)."""
+    # The inner app is run in a task of its own, started by call_next, which then waits for the
+    # response start: the layer's task is awaiting, through the dispatch (and whatever it awaits
+    # call_next through), call_next itself. A dispatch that runs call_next in another task of its
+    # own breaks the chain: its streams are left as unpatched.
+    call = layer.call
+    try:
+        while call.cr_code.co_name != "call_next":
+            call = call.cr_await
+    except AttributeError:  # the end of the chain, or an awaitable that is not a coroutine
+        return
+    layer.calls.append(call.cr_frame)
 
-    def call_next_kept(request: Any) -> Any:
-        call = call_next(request)
-        calls.append(call.cr_frame)  # call_next is an async def on every release with this piece
-        return call
 
-    return call_next_kept
+def _raised_through_call_next(error: BaseException, frames: list[Any]) -> list[Any]:
+    """close-streams: `frames`, with those of the call_next calls that `error` (or an error it
+    holds or was raised in the handling of) came through; _keep_call_next misses a call_next
+    that the dispatch runs in a task of its own (a task group, asyncio.wait_for before 3.12)."""
+    errors, seen = [error], set()
+    while errors:
+        error = errors.pop()
+        if id(error) in seen:
+            continue
+        seen.add(id(error))
+        tb = error.__traceback__
+        while tb is not None:
+            frame = tb.tb_frame
+            if frame.f_code.co_name == "call_next" and frame not in frames:
+                frames.append(frame)
+            tb = tb.tb_next
+        errors.extend(getattr(error, "exceptions", ()))  # a group
+        errors.extend(inner for inner in (error.__cause__, error.__context__) if inner is not None)
+    return frames
 
 
 def _close_streams(calls: list[Any]) -> None:
@@ -671,7 +699,7 @@ def _close_streams(calls: list[Any]) -> None:
 class _StandIn:
     """What starlette's own __call__ gets as `self`, and what the layer keeps for one request."""
 
-    __slots__ = ("_middleware", "calls", "pieces", "request", "runs", "send")
+    __slots__ = ("_middleware", "call", "calls", "pieces", "request", "runs", "send")
 
     def __init__(self, middleware: Any, pieces: InForce, send: Send) -> None:
         self._middleware = middleware
@@ -679,6 +707,7 @@ class _StandIn:
         self.send = send  # the layer's own (template-info)
         self.request: Any = None  # the Request the dispatch got (read-body)
         self.runs: list[_Run] = []
+        self.call: Any = None  # the coroutine of starlette's __call__ (close-streams)
         self.calls: list[Any] = []  # close-streams: the frames of call_next's calls
 
     @property
@@ -753,7 +782,7 @@ def wrapper_for(original: Callable[..., Awaitable[None]]) -> Callable[..., Await
                 _route_for_url_for(scope)
             layer = _StandIn(instance, pieces, send)
             stand_in = layer if starlettes_own else _ProxyStandIn(instance, layer)
-            call = original(stand_in, scope, receive, send, **kwargs)
+            layer.call = call = original(stand_in, scope, receive, send, **kwargs)
             return _layer(call, pieces, layer) if pieces.wraps_layer else call
         return original(instance, *args, **kwargs)
 

@@ -116,6 +116,18 @@ async def catches(request: Request, call_next: CallNext) -> Response:
         return PlainTextResponse("caught", status_code=418)
 
 
+async def calls_next_in_a_task(request: Request, call_next: CallNext) -> Response:
+    """call_next in a task of the dispatch's own (as asyncio.wait_for does before Python 3.12)."""
+    responses: list[Response] = []
+
+    async def call() -> None:
+        responses.append(await call_next(request))
+
+    async with anyio.create_task_group() as task_group:
+        task_group.start_soon(call)
+    return responses[0]
+
+
 def build(scenario: str, layers: int) -> ASGIApp:
     """The scenario's app through `layers` pass-through layers."""
     if scenario == "asgi-middleware-raises":
@@ -281,7 +293,7 @@ def test_a_cancellation_stays_a_cancellation(backend: str) -> None:
 
 @pytest.mark.skipif(not STARLETTE_AFFECTED, reason="the shim patches the affected releases only")
 @pytest.mark.parametrize(
-    "scenario", ["endpoint-raises", "dispatch-raises", "caught", "cancelled", "discarded"]
+    "scenario", ["endpoint-raises", "dispatch-raises", "caught", "cancelled", "discarded", "in-a-task"]
 )
 @pytest.mark.parametrize("shim", ["unpatched", "patched"])
 def test_no_stream_is_left_open_on_an_error(backend: str, shim: str, scenario: str) -> None:
@@ -292,6 +304,7 @@ def test_no_stream_is_left_open_on_an_error(backend: str, shim: str, scenario: s
         "caught": stack(endpoint_raises, catches, pass_through),  # the outer one catches
         "cancelled": stack(answers_later, pass_through, pass_through),
         "discarded": stack(answers, pass_through, answers_by_itself),
+        "in-a-task": stack(endpoint_raises, calls_next_in_a_task, calls_next_in_a_task),
     }[scenario]
     with shim_named(shim), warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
