@@ -37,6 +37,9 @@ VARIANTS = {
     "start-only": "start fix alone",
     "empty-wrapt": "empty wrapt wrapper",
 }
+# Counted only (--count): a wrapt wrapper that awaits __call__ in a coroutine that re-raises what
+# escapes it, the floor of any piece that must see what leaves a layer.
+COUNTED_ONLY = {"wrapt-coroutine": "empty coroutine around the layer"}
 ROUND_SECONDS = 0.2
 
 
@@ -157,6 +160,13 @@ def main() -> int:
     parser.add_argument("--anyio", action="append", choices=list(ANYIO), help="default: all")
     parser.add_argument("--shape", action="append", choices=list(SHAPES), help="default: all")
     parser.add_argument("--no-instructions", action="store_true", help="skip the valgrind counts")
+    parser.add_argument(
+        "--count",
+        action="append",
+        default=[],
+        choices=[variant for variant in [*VARIANTS, *COUNTED_ONLY] if variant != "patched"],
+        help="also count this variant's instructions, against unpatched (repeatable)",
+    )
     arguments = parser.parse_args()
     cache = ROOT / ".bench"
     rounds = f"{arguments.rounds} rounds of ~{ROUND_SECONDS}s per variant"
@@ -167,7 +177,9 @@ def main() -> int:
         print("Instructions per request under valgrind (callgrind), unpatched / shim / upgrade.")
     print()
     header = ["starlette", "anyio", "shape", "unpatched, µs/request", *VARIANTS.values(), "upgrade"]
+    labels = {**VARIANTS, **COUNTED_ONLY}
     header += ["instructions: unpatched / shim / upgrade"] if counted else []
+    header += [f"instructions: {labels[variant]}" for variant in arguments.count] if counted else []
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     for release in arguments.starlette or PAIRS:
@@ -192,6 +204,9 @@ def main() -> int:
                         shim = instructions(fixed_python, shape, "patched") or 0
                         upgrade = instructions(upstream_python, shape, "unpatched") or 0
                         cells.append(f"{base:,} / {percent(shim / base)} / {percent(upgrade / base)}")
+                        for variant in arguments.count:
+                            count = instructions(fixed_python, shape, variant) or 0
+                            cells.append(f"{count:,} ({percent(count / base)})")
                     print("| " + " | ".join(cells) + " |", flush=True)
             finally:
                 fixed.close()
