@@ -50,6 +50,11 @@ class Piece(NamedTuple):
 PIECES = (
     Piece("start-first", RESPONSE_START, FIRST.first, FIRST.fixed, 0, "starlette#1634"),
     Piece("start-first", RESPONSE_START, SECOND.first, SECOND.fixed, 0, "starlette#2516"),
+    # call_next's response does not listen for the disconnect, as 0.38.3 and later: upstream's
+    # fix of #2516 (#2620). On 0.15 - 0.20.4 the listener also stopped the layer at a disconnect,
+    # and with it the inner app's work, before its body ended: there it is the after-response fix.
+    Piece("no-listen", AFTER_RESPONSE, FIRST.first, FIRST.fixed, 0, "starlette#2620"),
+    Piece("no-listen", RESPONSE_START, SECOND.first, SECOND.fixed, 0, "starlette#2620"),
     # 0.15.0 and 0.16.0 do not capture the inner app's errors: a send that fails because the layer
     # stopped reading its body (BrokenResourceError) would end the whole request.
     Piece("drop-broken-send", RESPONSE_START, (0, 15, 0), (0, 17, 0), 0, "starlette#1262"),

@@ -6,10 +6,11 @@ starlette's own __call__ with a stand-in `self`. starlette reads two attributes 
 
 - `app`, which call_next runs: the inner app's `send` delivers `http.response.start` despite a
   pending cancellation (start-first); where a piece needs to know how the inner app did, it runs
-  in a `_Run` (finish-runs, own-error, body-error, late-error, drop-broken-send), and the frame
-  of the call_next that runs it is kept (close-streams);
-- `dispatch_func`: the call_next that the dispatch gets (own-error, body-error), and the
-  response it returns, which lets the runs finish once it is sent (finish-runs);
+  in a `_Run` (finish-runs, own-error, body-error, late-error, drop-broken-send);
+- `dispatch_func`: the call_next that the dispatch gets (own-error, body-error; its response
+  does not listen for the disconnect: no-listen; its body, or its frame where it raised, is
+  kept: close-streams), and the response the dispatch returns, which lets the runs finish once
+  it is sent (finish-runs);
 - the layer as a whole (`_layer`): what escapes it (collapse-groups, close-streams), and the
   errors that the runs kept for after the response (late-error; with finish-runs, _ThenFinish
   raises them itself).
@@ -69,10 +70,12 @@ class InForce:
         "finish_runs",
         "keeps_late",
         "late_error",
+        "no_listen",
         "own_error",
         "raises_kept",
         "read_body",
         "runs",
+        "sees_responses",
         "skip_empty",
         "template_info",
         "url_for",
@@ -85,6 +88,7 @@ class InForce:
         # start-first is in force wherever the shim patches (the response-start fix is never off).
         names = set(names)
         self.drop_broken_send = "drop-broken-send" in names
+        self.no_listen = "no-listen" in names
         self.finish_runs = "finish-runs" in names
         self.own_error = "own-error" in names
         self.body_error = "body-error" in names
@@ -103,7 +107,10 @@ class InForce:
         self.wraps_call_next = self.body_error  # every release with own-error has body-error too
         sends = self.skip_empty or self.template_info or self.file_body or self.end_at_last
         self.runs = self.keeps_late or self.wraps_call_next or self.drop_broken_send or sends
-        self.wraps_dispatch = self.finish_runs or self.wraps_call_next or self.read_body
+        self.sees_responses = self.no_listen or self.close_streams  # what call_next returns
+        self.wraps_dispatch = (
+            self.finish_runs or self.wraps_call_next or self.read_body or self.sees_responses
+        )
         # finish-runs raises what its runs kept itself (_ThenFinish); a layer coroutine is paid
         # only where a piece needs one.
         self.raises_kept = self.late_error or (self.body_error and not self.finish_runs)
@@ -526,12 +533,64 @@ async def _body_then_error(body: AsyncIterator[bytes], run: _Run) -> AsyncIterat
         raise failed
 
 
+def _seeing_responses(call_next: Any, layer: _StandIn) -> Any:
+    """no-listen, close-streams: call_next, and what it returns before the dispatch gets it."""
+    pieces = layer.pieces
+
+    async def call_next_seen(request: Any) -> Any:
+        try:
+            response = await call_next(request)
+        except BaseException as exc:
+            if pieces.close_streams:  # its streams, from the frame it raised through
+                layer.kept += _frames_of_call_next(exc.__traceback__)
+            raise
+        if pieces.no_listen:
+            response.__class__ = _not_listening_class(type(response))
+        if pieces.close_streams:
+            layer.kept.append(response.body_iterator)
+        return response
+
+    return call_next_seen
+
+
+# no-listen: the class of call_next's response (starlette.responses.StreamingResponse on 0.15.0 -
+# 0.20.4, starlette.middleware.base._StreamingResponse on 0.28.0 - 0.38.2) -> its subclass of
+# the same name that does not listen, made once.
+_NOT_LISTENING: dict[type, type] = {}
+
+
+def _not_listening_class(cls: type) -> type:
+    quiet = _NOT_LISTENING.get(cls)
+    if quiet is None:
+        namespace = {"__call__": _respond_without_listening, "__module__": cls.__module__, "__slots__": ()}
+        quiet = _NOT_LISTENING[cls] = type(cls.__name__, (cls,), namespace)
+        quiet.__qualname__ = cls.__qualname__
+    return quiet
+
+
+async def _respond_without_listening(self: Any, scope: Any, receive: Receive, send: Send) -> None:
+    """no-listen: StreamingResponse.__call__ of 0.15.0 - 0.38.2 without its disconnect listener."""
+    # starlette#2516, #2620 (0.38.3): call_next's response ran a task that listens for the
+    # disconnect beside the one that streams, in every layer: on disconnect each layer cancelled
+    # its own streaming, and with four or more layers one cancelled before the start it had to
+    # pass on ("No response returned."); on 0.15 - 0.20.4 starlette then cancelled the inner
+    # app's work. 0.38.3 and later only stream it: the inner app hears the disconnect itself (its
+    # receive), and its end ends this body. The task group and its listener were most of what a
+    # layer cost (0.38.3 is 35% cheaper than 0.37.2 per request). 0.38.3 and 0.38.4 dropped
+    # the background task; 0.38.5 runs it again: a dispatch may set one on this response.
+    await self.stream_response(send)
+    if self.background is not None:
+        await self.background()
+
+
 def _dispatch(dispatch: Any, layer: _StandIn, request: Any, call_next: Any) -> Awaitable[Any]:
     pieces = layer.pieces
     layer.request = request  # read-body: what the dispatch read of it
     starlettes = call_next
     if pieces.wraps_call_next:
         call_next = _calls_next_raising(call_next, pieces, layer.runs)
+    if pieces.sees_responses:
+        call_next = _seeing_responses(call_next, layer)
     if pieces.finish_runs:
         return _then_finish(dispatch(request, call_next), layer.runs, starlettes)
     return dispatch(request, call_next)  # type: ignore[no-any-return]
@@ -543,8 +602,6 @@ async def _then_finish(response: Awaitable[Any], runs: list[_Run], call_next: An
 
 def _app(app: App, layer: _StandIn, scope: Any, receive: Receive, send: Send) -> Awaitable[None]:
     pieces = layer.pieces
-    if pieces.close_streams:
-        _keep_call_next(layer)
     if pieces.read_body:
         receive = _with_body_read(layer.request, receive)
     if not pieces.runs:
@@ -610,84 +667,50 @@ async def _layer(call: Awaitable[None], pieces: InForce, stand_in: _StandIn) -> 
         await call
     except BaseException as exc:
         if pieces.close_streams:
-            _close_streams(_raised_through_call_next(exc, stand_in.calls))
+            _close_streams(stand_in.kept)
         if pieces.collapse_groups and isinstance(exc, _BaseExceptionGroup) and len(exc.exceptions) == 1:
             error = _collapse(exc)
             raise error from _origin(error)
         raise
-    if pieces.close_discarded and not _all_read(stand_in):
-        _close_streams(stand_in.calls)
+    if pieces.close_discarded:
+        _close_streams(stand_in.kept)
     elif pieces.close_streams:
-        stand_in.calls.clear()  # the frames hold the stand-in: let it go without the cyclic GC
+        stand_in.kept.clear()  # a call_next frame holds the stand-in: no cycle for the collector
     if pieces.raises_kept:
         _raise_kept(stand_in.runs)
 
 
-def _all_read(layer: _StandIn) -> bool:
-    """close-discarded-streams: whether every call_next's body was read to its end, so that
-    starlette closed its streams itself (the common case: no frame to look into)."""
-    # Each call that ran its inner app has a run, whose stream is call_next's sending end, and a
-    # kept frame (_keep_call_next); the stream's state counts the receiving ends still open. The
-    # sending end is closed by starlette when the inner app returns, which it has by the time the
-    # layer is done.
-    runs = layer.runs
-    return len(runs) == len(layer.calls) and all(
-        getattr(getattr(run._stream, "_state", None), "open_receive_channels", 1) == 0 for run in runs
-    )
-
-
-def _keep_call_next(layer: _StandIn) -> None:
-    """close-streams: keep the frame of the call_next that runs this inner app, found from the
-    layer's own coroutine down the chain of what each awaits (no hook on the dispatch's way)."""
-    # The inner app is run in a task of its own, started by call_next, which then waits for the
-    # response start: the layer's task is awaiting, through the dispatch (and whatever it awaits
-    # call_next through), call_next itself. A dispatch that runs call_next in another task of its
-    # own breaks the chain: its streams are left as unpatched.
-    call = layer.call
-    try:
-        while call.cr_code.co_name != "call_next":
-            call = call.cr_await
-    except AttributeError:  # the end of the chain, or an awaitable that is not a coroutine
-        return
-    layer.calls.append(call.cr_frame)
-
-
-def _raised_through_call_next(error: BaseException, frames: list[Any]) -> list[Any]:
-    """close-streams: `frames`, with those of the call_next calls that `error` (or an error it
-    holds or was raised in the handling of) came through; _keep_call_next misses a call_next
-    that the dispatch runs in a task of its own (a task group, asyncio.wait_for before 3.12)."""
-    errors, seen = [error], set()
-    while errors:
-        error = errors.pop()
-        if id(error) in seen:
-            continue
-        seen.add(id(error))
-        tb = error.__traceback__
-        while tb is not None:
-            frame = tb.tb_frame
-            if frame.f_code.co_name == "call_next" and frame not in frames:
-                frames.append(frame)
-            tb = tb.tb_next
-        errors.extend(getattr(error, "exceptions", ()))  # a group
-        errors.extend(inner for inner in (error.__cause__, error.__context__) if inner is not None)
+def _frames_of_call_next(tb: Any) -> list[Any]:
+    """close-streams: the call_next frames of a traceback."""
+    frames = []
+    while tb is not None:
+        if tb.tb_frame.f_code.co_name == "call_next":
+            frames.append(tb.tb_frame)
+        tb = tb.tb_next
     return frames
 
 
-def _close_streams(calls: list[Any]) -> None:
-    """close-streams: close the memory streams of each call_next, now that the layer is done."""
+def _close_streams(kept: list[Any]) -> None:
+    """close-streams: now that the layer is done, close the memory streams of the call_next calls
+    it kept: of each body that was not read to its end, and of each call that raised."""
     # starlette#2813 (0.45.1): call_next creates its streams and closes the receiving one only
     # once the body is read to its end (0.19 - 0.20.4) or the response is sent (0.28 - 0.38.2).
     # When the endpoint or the dispatch raises, the dispatch answers by itself, or the request is
     # cancelled, that never happens, and anyio 4 warns when the stream is collected
-    # (ResourceWarning: a test suite run with -W error fails). Closing twice does nothing.
-    for frame in calls:
+    # (ResourceWarning: a test suite run with -W error fails). A body read to its end has no
+    # frame left (it closed its stream itself): the usual case looks into no frame. The sending
+    # end is closed by call_next's task once the inner app has started, however it ends; it is
+    # in the frame of a call_next that raised. Closing twice does nothing.
+    for body_or_frame in kept:
+        frame = getattr(body_or_frame, "ag_frame", body_or_frame)  # a body's, or a call_next's
+        if frame is None:
+            continue
         names = frame.f_locals
         for name in ("send_stream", "recv_stream"):
             stream = names.get(name)
-            # pragma: no branch: only a call_next called but never awaited would have none.
-            if isinstance(stream, (MemoryObjectSendStream, MemoryObjectReceiveStream)):  # pragma: no branch
+            if isinstance(stream, (MemoryObjectSendStream, MemoryObjectReceiveStream)):
                 stream.close()
-    calls.clear()  # the frames hold the stand-in: let it go without the cyclic GC
+    kept.clear()  # a call_next frame holds the stand-in: no cycle for the collector
 
 
 # The stand-ins: what starlette's __call__ gets as `self`. starlette's own __call__ reads only
@@ -699,7 +722,7 @@ def _close_streams(calls: list[Any]) -> None:
 class _StandIn:
     """What starlette's own __call__ gets as `self`, and what the layer keeps for one request."""
 
-    __slots__ = ("_middleware", "call", "calls", "pieces", "request", "runs", "send")
+    __slots__ = ("_middleware", "kept", "pieces", "request", "runs", "send")
 
     def __init__(self, middleware: Any, pieces: InForce, send: Send) -> None:
         self._middleware = middleware
@@ -707,8 +730,9 @@ class _StandIn:
         self.send = send  # the layer's own (template-info)
         self.request: Any = None  # the Request the dispatch got (read-body)
         self.runs: list[_Run] = []
-        self.call: Any = None  # the coroutine of starlette's __call__ (close-streams)
-        self.calls: list[Any] = []  # close-streams: the frames of call_next's calls
+        # close-streams: the body of each response that call_next returned, and the frame of each
+        # call_next that raised
+        self.kept: list[Any] = []
 
     @property
     def dispatch_func(self) -> Any:
@@ -782,7 +806,7 @@ def wrapper_for(original: Callable[..., Awaitable[None]]) -> Callable[..., Await
                 _route_for_url_for(scope)
             layer = _StandIn(instance, pieces, send)
             stand_in = layer if starlettes_own else _ProxyStandIn(instance, layer)
-            layer.call = call = original(stand_in, scope, receive, send, **kwargs)
+            call = original(stand_in, scope, receive, send, **kwargs)
             return _layer(call, pieces, layer) if pieces.wraps_layer else call
         return original(instance, *args, **kwargs)
 

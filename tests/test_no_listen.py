@@ -1,0 +1,90 @@
+"""call_next's response does not listen for the disconnect, as on 0.38.3 and later (starlette#2620).
+
+On 0.15.0 - 0.38.2 the response that call_next returns is a StreamingResponse whose __call__ runs a
+task that listens for http.disconnect beside the one that streams, in every layer. 0.38.3 dropped
+that listener (its fix of #2516); the newest starlette still has none. The shim does the same:
+no-listen, part of the response-start fix on 0.28.0 - 0.38.2 and of the after-response fix on
+0.15.0 - 0.20.4 (where the listener stopped the layer, and the inner app's work, at a disconnect).
+"""
+
+from __future__ import annotations
+
+import anyio
+import pytest
+from starlette.background import BackgroundTask
+from starlette.requests import Request
+from starlette.responses import Response
+
+from tests.asgi import (
+    STARLETTE_AFFECTED,
+    STARLETTE_CANCELS,
+    STARLETTE_HAS_ANYIO,
+    STARLETTE_RELEASE,
+    CallNext,
+    Message,
+    Work,
+    answers_after,
+    is_last,
+    pass_through,
+    run,
+    stack,
+)
+
+pytestmark = pytest.mark.skipif(not STARLETTE_HAS_ANYIO, reason="needs an anyio BaseHTTPMiddleware")
+
+
+def listens(shim: str) -> bool:
+    """Whether call_next's response listens for the disconnect in this run."""
+    if not STARLETTE_AFFECTED:
+        return STARLETTE_RELEASE < (0, 38, 3)  # 0.21 - 0.38.2: left alone, and they listen
+    if shim == "unpatched":
+        return True
+    # start-only keeps the response-start fix alone: no-listen is part of it on 0.28.0 - 0.38.2.
+    return shim == "start-only" and STARLETTE_CANCELS
+
+
+class CountingClient:
+    """A client that sent an empty body and waits for the answer; counts the receive() calls."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def receive(self) -> Message:
+        self.calls += 1
+        if self.calls == 1:
+            return {"type": "http.request", "body": b"", "more_body": False}
+        await anyio.Event().wait()
+        raise AssertionError("unreachable")  # pragma: no cover
+
+
+@pytest.mark.parametrize("layers", [1, 3], ids=["one-layer", "three-layers"])
+def test_call_next_s_response_does_not_listen_for_the_disconnect(
+    backend: str, shim: str, layers: int
+) -> None:
+    # The endpoint never reads: every receive() call is a layer's response listening.
+    client = CountingClient()
+
+    outcome = run(stack(answers_after(0.0), *[pass_through] * layers), client.receive, backend=backend)
+
+    bodies = [m.get("body", b"") for m in outcome.messages if m["type"] == "http.response.body"]
+    assert outcome.clean, outcome
+    assert b"".join(bodies) == b"done"
+    assert is_last(outcome.messages[-1])
+    assert (client.calls > 0) is listens(shim), client.calls
+
+
+def test_a_background_task_set_on_call_next_s_response_still_runs(backend: str, shim: str) -> None:
+    """A dispatch that adds a task to call_next's response: the shim's response without a listener
+    still runs it, as 0.15.0 - 0.38.2 and 0.38.5 and later do (0.38.3 and 0.38.4 dropped it)."""
+    work = Work(seconds=0.0)
+
+    async def adds_a_task(request: Request, call_next: CallNext) -> Response:
+        response = await call_next(request)
+        response.background = BackgroundTask(work.run)
+        return response
+
+    outcome = run(stack(answers_after(0.0), adds_a_task), CountingClient().receive, backend=backend)
+
+    assert outcome.clean, outcome
+    assert is_last(outcome.messages[-1])
+    assert (work.ended is not None) is not ((0, 38, 3) <= STARLETTE_RELEASE < (0, 38, 5))
