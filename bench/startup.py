@@ -23,6 +23,9 @@ def import_time(python: Path) -> tuple[int, int, list[str]]:
         text=True,
         check=True,
         env={**os.environ, "STARLETTE_SHIELD_PATCH": ""},
+        # Not from the repository's root, where `-c` would import the working tree ahead of the
+        # installed package (and compile it at every run where PYTHONDONTWRITEBYTECODE is set).
+        cwd=python.parent,
     )
     cumulative: dict[str, int] = {}
     for line in result.stderr.splitlines():
@@ -36,7 +39,7 @@ def import_time(python: Path) -> tuple[int, int, list[str]]:
 def start(python: Path, variable: str) -> float:
     environment = {**os.environ, "STARLETTE_SHIELD_PATCH": variable}
     started = time.perf_counter()
-    subprocess.run([str(python), "-c", "pass"], check=True, env=environment)
+    subprocess.run([str(python), "-c", "pass"], check=True, env=environment, cwd=python.parent)
     return time.perf_counter() - started
 
 
