@@ -420,13 +420,43 @@ class _ThenFinish:
         self._runs = runs
         self._call_next = call_next  # starlette's own
 
-    async def __call__(self, scope: Any, receive: Receive, send: Send) -> None:
+    def __call__(self, scope: Any, receive: Receive, send: Send) -> Awaitable[None]:
+        # A plain function: call_next's own response streams in the coroutine that then finishes
+        # the runs, so each resume of the layer's task passes through one frame fewer.
+        response = self._response
+        if type(response) in _STREAMED_HERE:
+            return _stream_then_finish(response, send, self._runs, self._call_next)
+        return self._respond_then_finish(scope, receive, send)
+
+    async def _respond_then_finish(self, scope: Any, receive: Receive, send: Send) -> None:
         await self._response(scope, receive, send)
-        for run in self._runs:
-            if not run.ended:  # most have returned already, and cost no coroutine here
-                await run.finish()
-        _raise_kept(self._runs)
-        _cancel_only_if_busy(self._call_next)
+        await _finish(self._runs, self._call_next)
+
+
+async def _stream_then_finish(response: Any, send: Send, runs: list[_Run], call_next: Any) -> None:
+    """finish-runs: call_next's response as its no-listen __call__ sends it, then the runs finish."""
+    # StreamingResponse.stream_response, the same in every release from 0.15.0 to 0.20.4 (the
+    # releases with finish-runs); _not_listening_class checks that the class streams with it.
+    start = {"type": "http.response.start", "status": response.status_code, "headers": response.raw_headers}
+    await send(start)
+    async for chunk in response.body_iterator:
+        if not isinstance(chunk, bytes):
+            chunk = chunk.encode(response.charset)
+        await send({"type": "http.response.body", "body": chunk, "more_body": True})
+    await send({"type": "http.response.body", "body": b"", "more_body": False})
+    if response.background is not None:  # set by the dispatch: after the body, as no-listen runs it
+        await response.background()
+    await _finish(runs, call_next)
+
+
+async def _finish(runs: list[_Run], call_next: Any) -> None:
+    """finish-runs: once the layer's response is sent, wait for the runs that are still going,
+    raise what they kept, and let starlette cancel only what is left."""
+    for run in runs:
+        if not run.ended:  # most have returned already, and cost no coroutine here
+            await run.finish()
+    _raise_kept(runs)
+    _cancel_only_if_busy(call_next)
 
 
 def _cancel_only_if_busy(call_next: Any) -> None:
@@ -565,7 +595,18 @@ def _not_listening_class(cls: type) -> type:
         namespace = {"__call__": _respond_without_listening, "__module__": cls.__module__, "__slots__": ()}
         quiet = _NOT_LISTENING[cls] = type(cls.__name__, (cls,), namespace)
         quiet.__qualname__ = cls.__qualname__
+        stream_response = getattr(cls, "stream_response", None)
+        if getattr(stream_response, "__qualname__", None) == "StreamingResponse.stream_response" and (
+            getattr(stream_response, "__module__", None) == "starlette.responses"
+        ):
+            _STREAMED_HERE.add(quiet)
     return quiet
+
+
+# finish-runs: the not-listening classes whose body _stream_then_finish sends: those that stream
+# with starlette.responses.StreamingResponse's own stream_response, not with one that others put
+# over it before the first request (one put there later is not seen).
+_STREAMED_HERE: set[type] = set()
 
 
 def _respond_without_listening(self: Any, scope: Any, receive: Receive, send: Send) -> Awaitable[None]:

@@ -9,11 +9,14 @@ no-listen, part of the response-start fix on 0.28.0 - 0.38.2 and of the after-re
 
 from __future__ import annotations
 
+import sys
+from typing import AsyncIterator
+
 import anyio
 import pytest
 from starlette.background import BackgroundTask
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 
 from tests.asgi import (
     STARLETTE_AFFECTED,
@@ -22,6 +25,7 @@ from tests.asgi import (
     STARLETTE_RELEASE,
     CallNext,
     Message,
+    Send,
     Work,
     answers_after,
     is_last,
@@ -88,3 +92,58 @@ def test_a_background_task_set_on_call_next_s_response_still_runs(backend: str, 
     assert outcome.clean, outcome
     assert is_last(outcome.messages[-1])
     assert (work.ended is not None) is not ((0, 38, 3) <= STARLETTE_RELEASE < (0, 38, 5))
+
+
+# 0.38.3 and later send call_next's body from their own _StreamingResponse.__call__: not through
+# StreamingResponse.stream_response, and the chunks as the dispatch set them.
+sent_by_stream_response = pytest.mark.skipif(
+    STARLETTE_RELEASE >= (0, 38, 3), reason="0.38.3 and later send call_next's body without stream_response"
+)
+
+
+@sent_by_stream_response
+def test_a_text_body_set_on_call_next_s_response_is_sent_encoded(backend: str, shim: str) -> None:
+    """A dispatch that hands call_next's response a body of str chunks: sent as UTF-8 bytes, as
+    StreamingResponse sends it (the shim sends call_next's body itself where it finishes runs)."""
+
+    async def text_chunks() -> AsyncIterator[str]:
+        for text in ("d", "ö", "ne"):
+            yield text
+
+    async def sets_a_text_body(request: Request, call_next: CallNext) -> Response:
+        response = await call_next(request)
+        response.body_iterator = text_chunks()  # type: ignore[attr-defined]
+        return response
+
+    outcome = run(stack(answers_after(0.0), sets_a_text_body), CountingClient().receive, backend=backend)
+
+    bodies = [m.get("body", b"") for m in outcome.messages if m["type"] == "http.response.body"]
+    assert outcome.clean, outcome
+    assert bodies == [b"d", "ö".encode(), b"ne", b""]
+
+
+@sent_by_stream_response
+def test_a_stream_response_that_others_patched_sends_call_next_s_body(
+    backend: str, shim: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An instrumentation that wraps StreamingResponse.stream_response still sees call_next's
+    response sent through its wrapper."""
+    sent_by_wrapper: list[int] = []
+    original = StreamingResponse.stream_response
+
+    async def counted(self: StreamingResponse, send: Send) -> None:
+        sent_by_wrapper.append(1)
+        await original(self, send)
+
+    monkeypatch.setattr(StreamingResponse, "stream_response", counted)
+    if "starlette_shield_patch._shield" in sys.modules:  # the classes made before the wrapper came
+        shield = sys.modules["starlette_shield_patch._shield"]
+        monkeypatch.setattr(shield, "_NOT_LISTENING", {})
+        monkeypatch.setattr(shield, "_STREAMED_HERE", set())
+
+    outcome = run(stack(answers_after(0.0), pass_through), CountingClient().receive, backend=backend)
+
+    assert outcome.clean, outcome
+    bodies = [m.get("body", b"") for m in outcome.messages if m["type"] == "http.response.body"]
+    assert b"".join(bodies) == b"done"
+    assert sent_by_wrapper, "call_next's response did not go through the patched stream_response"
