@@ -22,6 +22,7 @@ the request path reads it.
 from __future__ import annotations
 
 import builtins
+import sys
 from contextlib import suppress
 from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable, Dict, Iterable
 
@@ -49,11 +50,12 @@ else:
     _Proxy = wrapt.ObjectProxy  # not subscriptable at run time on wrapt 1.x
 
 # The standard library's from 3.11 on; below it the exceptiongroup backport, which anyio 4 (the
-# only anyio whose groups collapse-groups collapses) requires there.
-_BaseExceptionGroup: Any = getattr(builtins, "BaseExceptionGroup", None)
-if _BaseExceptionGroup is None:  # pragma: no cover  # Python < 3.11
-    with suppress(ImportError):
-        _BaseExceptionGroup = __import__("exceptiongroup").BaseExceptionGroup
+# only anyio whose groups collapse-groups collapses) imports itself. Taken from sys.modules, never
+# imported: importing the backport replaces sys.excepthook and patches traceback, and anyio 3.7
+# requires it without importing it (trio < 0.22 then warns at its own import).
+_BaseExceptionGroup: Any = getattr(
+    builtins, "BaseExceptionGroup", getattr(sys.modules.get("exceptiongroup"), "BaseExceptionGroup", None)
+)
 
 
 class InForce:
