@@ -44,9 +44,11 @@ CAPTURES_INNER_ERRORS = STARLETTE_RELEASE >= (0, 17, 0)
 GROUPS_ESCAPE = ANYIO_MAJOR >= 4 and (
     (0, 19, 0) <= STARLETTE_RELEASE < (0, 21, 0) or (0, 28, 0) <= STARLETTE_RELEASE < (0, 31, 0)
 )
+ANYIO_RELEASE = tuple(int(part) for part in version("anyio").split(".")[:3] if part.isdigit())
 # 0.19 - 0.20.4 and 0.28 - 0.38.2 leave call_next's receiving stream open when the endpoint or
-# the dispatch raises, and anyio 4 warns when it is collected (fixed upstream in 0.45.1, #2813).
-LEAVES_STREAMS_OPEN = ANYIO_MAJOR >= 4 and STARLETTE_AFFECTED and STARLETTE_RELEASE >= (0, 19, 0)
+# the dispatch raises (fixed upstream in 0.45.1, #2813); anyio warns when it is collected from
+# 4.4.0 on (MemoryObjectReceiveStream.__del__): 4.0.0 - 4.3.0 leave it open without a word.
+LEAVES_STREAMS_OPEN = ANYIO_RELEASE >= (4, 4) and STARLETTE_AFFECTED and STARLETTE_RELEASE >= (0, 19, 0)
 # Where the errors fix has a piece to run: every affected release but 0.19 - 0.20.4 with anyio 3,
 # whose errors already come out as themselves.
 ERRORS_FIX_APPLIES = STARLETTE_AFFECTED and (
