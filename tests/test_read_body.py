@@ -382,3 +382,82 @@ def test_no_request_stream_is_left_for_the_collector(
         assert len(left) == layers, [str(w.message) for w in caught]
     else:
         assert left == [], [str(w.message) for w in caught]
+
+
+def test_call_next_again_after_the_dispatch_read_the_rest(shim: str, backend: str) -> None:
+    """The dispatch reads one chunk, calls call_next (its app reads nothing), reads the rest and
+    calls call_next again: the second app gets an empty body, as from 1.10.0's consumed stream."""
+    seen: list[bytes] = []
+
+    async def answers(scope: Scope, receive: Receive, send: Send) -> None:
+        await Response()(scope, receive, send)
+
+    async def endpoint(scope: Scope, receive: Receive, send: Send) -> None:
+        await (reads_body if len(seen) > 1 else answers)(scope, receive, send)
+
+    async def twice(request: Request, call_next: CallNext) -> Response:
+        stream = request.stream()
+        seen.append(await stream.__anext__())
+        await call_next(request)
+        seen.extend([chunk async for chunk in stream])
+        return await call_next(request)
+
+    timeout = 5.0 if as_newest(shim) else 0.2
+    outcome = run(stack(endpoint, twice), client_of(b"1", b"2", b"3"), backend=backend, timeout=timeout)
+    if not as_newest(shim):
+        assert outcome.timed_out, outcome  # the second app waits for a body the dispatch took
+        return
+    assert outcome.clean, outcome
+    assert seen == [b"1", b"2", b"3", b""] and body_of(outcome.messages) == b"got "
+
+
+def test_a_full_stream_below_another_middlewares_receive(shim: str, backend: str) -> None:
+    """A pure ASGI middleware's receive between two layers: the inner layer still knows that its
+    dispatch streamed to the end (it wraps that receive as the outermost layer does), and the
+    inner app gets an empty body."""
+
+    def relays(app: object) -> object:
+        async def wrapped_app(scope: Scope, receive: Receive, send: Send) -> None:
+            async def relayed() -> Message:
+                return await receive()
+
+            await app(scope, relayed, send)  # type: ignore[operator]
+
+        return wrapped_app
+
+    async def streams(request: Request, call_next: CallNext) -> Response:
+        assert b"".join([chunk async for chunk in request.stream()]) == b"ab"
+        return await call_next(request)
+
+    inner = stack(reads_body, streams)
+    app = stack(relays(inner), pass_through)  # type: ignore[arg-type]
+    outcome = run(app, client_of(b"a", b"b"), backend=backend, timeout=5.0 if as_newest(shim) else 0.2)
+    if not as_newest(shim):
+        assert outcome.timed_out, outcome
+        return
+    assert outcome.clean, outcome
+    assert body_of(outcome.messages) == b"got "
+
+
+def test_the_app_hears_a_disconnect_mid_body_again(shim: str, backend: str) -> None:
+    """The client leaves mid-body: the inner app reads the disconnect, and again, with nothing
+    left unclosed for trio to warn about."""
+    heard: list[str] = []
+
+    async def endpoint(scope: Scope, receive: Receive, send: Send) -> None:
+        heard.extend([(await receive())["type"] for _ in range(3)])
+        await Response()(scope, receive, send)
+
+    client = client_of(b"a", b"never sent", then="disconnect")
+
+    async def leaves_after_the_first_chunk() -> Message:
+        message = await client()
+        return {"type": "http.disconnect"} if message.get("body") == b"never sent" else message
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        outcome = run(stack(endpoint, pass_through), leaves_after_the_first_chunk, backend=backend)
+        gc.collect()
+    assert heard == ["http.request", "http.disconnect", "http.disconnect"], outcome
+    left = [w for w in caught if "Request.stream" in str(w.message)]
+    assert bool(left) is (shim == "unpatched" and LEAVES_REQUEST_STREAMS and backend == "trio"), left
