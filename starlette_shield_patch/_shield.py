@@ -24,6 +24,7 @@ from __future__ import annotations
 import builtins
 import sys
 from contextlib import suppress
+from types import MethodType
 from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable, Dict, Iterable
 
 import wrapt
@@ -64,6 +65,7 @@ class InForce:
     __slots__ = (
         "body_error",
         "close_discarded",
+        "close_request_streams",
         "close_streams",
         "collapse_groups",
         "drop_broken_send",
@@ -98,6 +100,7 @@ class InForce:
         self.late_error = "late-error" in names
         self.close_streams = "close-streams" in names
         self.close_discarded = "close-discarded-streams" in names  # on releases with close-streams
+        self.close_request_streams = "close-request-streams" in names
         self.read_body = "read-body" in names
         self.skip_empty = "skip-empty-chunks" in names
         self.template_info = "template-info" in names
@@ -111,7 +114,11 @@ class InForce:
         self.runs = self.keeps_late or self.wraps_call_next or self.drop_broken_send or sends
         self.sees_responses = self.no_listen or self.close_streams  # what call_next returns
         self.wraps_dispatch = (
-            self.finish_runs or self.wraps_call_next or self.read_body or self.sees_responses
+            self.finish_runs
+            or self.wraps_call_next
+            or self.read_body
+            or self.sees_responses
+            or self.close_request_streams
         )
         # finish-runs raises what its runs kept itself (_ThenFinish); a layer coroutine is paid
         # only where a piece needs one.
@@ -176,22 +183,38 @@ def _start_first(send: Send) -> Send:
     return send_start_first
 
 
-def _disconnect_sticks(receive: Any) -> Any:
-    """start-first: the request's receive, but once it has said http.disconnect it says so at every call."""
+class _Client:
+    """start-first: the request's receive, but once it has said http.disconnect it says so at every
+    call; read-body: it also knows whether the body is over."""
+
     # Stacked layers share one receive: whichever StreamingResponse listens first takes the
     # disconnect. uvicorn repeats it; hypercorn says it once, so the outer layers would go on
     # sending a response that the shim let start, and h11 fails on the missing body.
-    disconnected = False
 
-    async def receive_until_disconnect() -> Message:
-        nonlocal disconnected
-        if disconnected:
+    __slots__ = ("_receive", "disconnected", "over")
+
+    def __init__(self, receive: Receive) -> None:
+        self._receive = receive
+        self.disconnected = False
+        self.over = False  # read-body: the request's last http.request message was received
+
+    async def receive(self) -> Message:
+        if self.disconnected:
             return {"type": "http.disconnect"}
-        message: Message = await receive()
-        disconnected = message["type"] == "http.disconnect"
+        message: Message = await self._receive()
+        self.disconnected = message["type"] == "http.disconnect"
         return message
 
-    return receive_until_disconnect
+    async def receive_noting(self) -> Message:
+        """receive, and read-body: notes the end of the body (one dict lookup per message)."""
+        if self.disconnected:
+            return {"type": "http.disconnect"}
+        message: Message = await self._receive()
+        if message["type"] == "http.disconnect":
+            self.disconnected = True
+        elif not message.get("more_body", False):
+            self.over = True
+        return message
 
 
 def _release_waiting_sends(stream: MemoryObjectSendStream[Message]) -> bool:
@@ -241,6 +264,7 @@ class _Run:
         "ended",
         "failed",
         "late",
+        "noted",
         "over",
         "started",
     )
@@ -266,6 +290,7 @@ class _Run:
         self.late: Exception | None = None  # raised after its response was over
         self._on_end: Event | None = None
         self._receiving: set[CancelScope] | None = None  # receive() calls in progress
+        self.noted: Any = None  # read-body: the dispatch's Request, told what the inner app received
 
     async def run(self, app: App, scope: Any) -> None:
         """Run the inner app in call_next's task, as starlette would."""
@@ -392,9 +417,12 @@ class _Run:
                 self._receiving = set()
             self._receiving.add(waiting)
             try:
-                return await self._receive()
+                message = await self._receive()
             finally:
                 self._receiving.discard(waiting)
+            if self.noted is not None:
+                _note(self.noted, message)
+            return message
         return {"type": "http.disconnect"}  # detached while it waited (cancelled by finish())
 
     async def finish(self) -> None:
@@ -637,6 +665,8 @@ async def _stream_then_background(response: Any, send: Send) -> None:
 def _dispatch(dispatch: Any, layer: _StandIn, request: Any, call_next: Any) -> Awaitable[Any]:
     pieces = layer.pieces
     layer.request = request  # read-body: what the dispatch read of it
+    if pieces.close_request_streams:
+        _receive_closing_streams(request, call_next)
     starlettes = call_next
     if pieces.wraps_call_next:
         call_next = _calls_next_raising(call_next, pieces, layer.runs)
@@ -653,50 +683,204 @@ async def _then_finish(response: Awaitable[Any], runs: list[_Run], call_next: An
 
 def _app(app: App, layer: _StandIn, scope: Any, receive: Receive, send: Send) -> Awaitable[None]:
     pieces = layer.pieces
+    noted = None
     if pieces.read_body:
-        receive = _with_body_read(layer.request, receive)
+        receive, noted = _with_body_read(layer.request, receive, pieces.finish_runs)
     if not pieces.runs:
         return app(scope, receive, _start_first(send))
     stream = _call_next_stream(send)
     if stream is None:  # pragma: no cover  # see _call_next_stream
         return app(scope, receive, send)
     run = _Run(pieces, stream, send, receive, layer.send)
+    run.noted = noted
     layer.runs.append(run)
     return run.run(app, scope)
 
 
-def _with_body_read(request: Any, receive: Receive) -> Any:
-    """read-body: the receive call_next hands the inner app, with the body the dispatch read."""
-    # starlette#1692 (0.28.0): on 0.15 - 0.20.4 a dispatch that read the body (body(), json(),
-    # form(), stream()) took the request's messages, so the inner app waits in receive() for a
-    # body that never comes. As 0.28.0: after body() or json() the inner app gets that body in
-    # one message, after stream() or form() an empty one, then whatever the server says next.
-    # A dispatch that hands call_next a Request with a receive of its own keeps it, as unpatched.
+def _with_body_read(request: Any, receive: Receive, runs_note: bool) -> tuple[Receive, Any]:
+    """read-body: the receive call_next hands the inner app, as 1.10.0's
+    `_CachedRequest.wrapped_receive` would be; and the Request its run tells what the inner app
+    receives (None: nobody)."""
+    # starlette#1692 (0.28.0): on 0.15 - 0.20.4 the dispatch's Request and the inner app read the
+    # server's receive side by side, and a Request keeps only `_body` (body() was read to its
+    # end), `_stream_consumed` (stream() was *started*: 0.28.0 and later set it at the end) and
+    # `_is_disconnected`. 1.10.0 hands the inner app a receive that reads through the dispatch's
+    # Request, so each side sees what the other took. A dispatch that hands call_next a Request
+    # with a receive of its own keeps it, as unpatched.
     if receive is not getattr(request, "_receive", None):
-        return receive
+        return receive, None
+    if getattr(receive, "__func__", None) is _BodyRead.dispatch_receive:
+        # call_next again after a dispatch that streamed part of the body: the same shared receive.
+        return receive.__self__.receive, None
     body = getattr(request, "_body", None)
-    if body is None:
-        if not getattr(request, "_stream_consumed", False):
-            return receive  # it read nothing: the inner app reads the server's messages itself
-        body = b""
-    return _BodyRead(body, receive).receive
+    if body is not None:
+        return _BodyRead(receive, request, body).receive, None
+    if not getattr(request, "_stream_consumed", False):
+        # It read nothing: the inner app reads the server's messages itself, and the dispatch's
+        # Request is told when the inner app got the last one or the disconnect, so that a
+        # stream() after call_next raises "Stream consumed" at once instead of waiting for
+        # ever. With finish-runs its run's receive, which the inner app calls anyway, tells it:
+        # no coroutine of ours per message.
+        if runs_note:
+            return receive, request
+        return _BodyRead(receive, request, None).receive, None
+    if _body_over(receive) is False:
+        # It stopped part-way through stream(): as 1.10.0, the inner app gets the chunks that are
+        # left, and the dispatch's stream goes on with what the inner app leaves (the two share
+        # a receive that knows where the body ends). The shared receive does not hold the
+        # Request: no reference cycle between the two.
+        shared = _BodyRead(receive, None, None)
+        request._receive = shared.dispatch_receive
+        return shared.receive, None
+    # It streamed to the end (or form()): an empty body, as 0.28.0 hands on.
+    return _BodyRead(receive, request, b"").receive, None
+
+
+def _note(request: Any, message: Message) -> bool:
+    """read-body: tell the dispatch's Request what the inner app received, as reading it through
+    the Request's stream() does on 1.10.0; whether the body is over."""
+    if message["type"] == "http.disconnect":
+        request._is_disconnected = True
+        return False
+    if message.get("more_body", False):
+        return False
+    request._stream_consumed = True  # what a stream() run to its end leaves on 0.15 - 0.20.4
+    return True
+
+
+def _body_over(receive: Receive) -> bool | None:
+    """read-body: whether the last body message came through `receive` (to the dispatch or an
+    inner app); None where that cannot be told."""
+    owner = getattr(receive, "__self__", None)
+    while type(owner) is _Run:  # passes every message on as it is
+        owner = getattr(owner._receive, "__self__", None)
+    if type(owner) is _Client or type(owner) is _BodyRead:
+        return owner.over
+    # Each layer whose receive is not one the shim handed on wraps it in a _Client (another
+    # middleware's receive between two layers too), so every chain ends in one of the two.
+    return None  # pragma: no cover
+
+
+_LAST_EMPTY: Message = {"type": "http.request", "body": b"", "more_body": False}
 
 
 class _BodyRead:
-    """read-body: a receive that says the body once, then is the request's."""
+    """read-body: the inner app's receive where the dispatch read some of the body: the body the
+    dispatch read (once), or, after a partial stream(), the chunks it left; then the request's."""
 
-    __slots__ = ("_body", "_receive")
+    __slots__ = ("_app_at_end", "_body", "_dispatch_at_end", "_receive", "_request", "over")
 
-    def __init__(self, body: bytes, receive: Receive) -> None:
-        self._body: bytes | None = body
+    def __init__(self, receive: Receive, request: Any, body: bytes | None) -> None:
         self._receive = receive
+        self._request = request  # the dispatch's Request, to tell (None: not told)
+        self._body = body  # to say first; None: the request's messages as they come
+        self.over = False  # the last body message was said, to either side
+        self._app_at_end = False  # the inner app was told the body is over
+        self._dispatch_at_end = False  # the dispatch's stream() was
 
     async def receive(self) -> Message:
         body = self._body
-        if body is None:
-            return await self._receive()
-        self._body = None
-        return {"type": "http.request", "body": body, "more_body": False}
+        if body is not None:
+            self._body = None
+            self.over = self._app_at_end = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        if self.over:
+            if not self._app_at_end:  # the dispatch's stream() took the last chunk
+                self._app_at_end = True
+                return dict(_LAST_EMPTY)
+            request = self._request
+            if request is not None and request._is_disconnected:
+                # 1.10.0: the dispatch heard the disconnect already; do not wait for it again.
+                return {"type": "http.disconnect"}
+        message = await self._receive()
+        request = self._request
+        if request is not None:
+            over = _note(request, message)
+        else:
+            over = message["type"] == "http.request" and not message.get("more_body", False)
+        if over:
+            self.over = self._app_at_end = True
+        return message
+
+    async def dispatch_receive(self) -> Message:
+        """The receive of the dispatch's Request once the inner app shares it (partial stream())."""
+        if self.over and not self._dispatch_at_end:
+            # The inner app took the last chunk: the dispatch's stream() ends, as 1.10.0's ends
+            # where the inner app's read set `_stream_consumed`.
+            self._dispatch_at_end = True
+            return dict(_LAST_EMPTY)
+        message: Message = await self._receive()
+        if message["type"] == "http.request" and not message.get("more_body", False):
+            self.over = self._dispatch_at_end = True
+        return message
+
+
+def _receive_closing_streams(request: Any, call_next: Any) -> None:
+    """close-request-streams: the layer's `wrapped_receive` becomes one that closes the stream()
+    it reads a chunk from."""
+    # starlette#3628 (1.8.0): 0.28.0 - 0.38.2's _CachedRequest.wrapped_receive takes each chunk
+    # for the inner app from a new request.stream() and leaves it suspended at its `yield`.
+    # Refcounting frees it at once; under trio the finalizer hook then warns (ResourceWarning
+    # "Async generator 'starlette.requests.Request.stream' was garbage collected before it had
+    # been exhausted"), in a GC context: "Exception ignored in: <async_generator ...>", once per
+    # layer and request (a PytestUnraisableExceptionWarning under pytest). __call__ reads
+    # `wrapped_receive` from a cell that call_next closes over; it is swapped for the same code
+    # with the stream closed, as 1.8.0 closes it (aclosing).
+    code = getattr(call_next, "__code__", None)
+    if code is None or getattr(type(request), "wrapped_receive", None) is not _cached_wrapped_receive():
+        return  # pragma: no cover  # every release with the piece
+    index = _WRAPPED_RECEIVE_CELL.get(code)
+    if index is None:
+        index = _WRAPPED_RECEIVE_CELL[code] = code.co_freevars.index("wrapped_receive")
+    cell = call_next.__closure__[index]
+    if getattr(cell.cell_contents, "__self__", None) is not request:  # pragma: no cover  # see above
+        return
+    cell.cell_contents = MethodType(_wrapped_receive_closing, request)
+
+
+_WRAPPED_RECEIVE_CELL: dict[Any, int] = {}  # close-request-streams: call_next's code -> its cell
+
+
+def _cached_wrapped_receive() -> Any:
+    """starlette's own _CachedRequest.wrapped_receive (0.28.0 - 0.38.2)."""
+    base = sys.modules.get("starlette.middleware.base")
+    return getattr(getattr(base, "_CachedRequest", None), "wrapped_receive", None)
+
+
+def _client_disconnect() -> Any:
+    """close-request-streams: starlette.requests.ClientDisconnect, as base.py imports it."""
+    return sys.modules["starlette.middleware.base"].ClientDisconnect
+
+
+async def _wrapped_receive_closing(request: Any) -> Message:
+    """close-request-streams: 0.28.0 - 0.38.2's _CachedRequest.wrapped_receive (the same in each),
+    with the stream() it reads from closed once it has its chunk, as 1.8.0 reads it."""
+    if request._wrapped_rcv_disconnected:
+        return {"type": "http.disconnect"}
+    if request._wrapped_rcv_consumed:
+        if request._is_disconnected:
+            request._wrapped_rcv_disconnected = True
+            return {"type": "http.disconnect"}
+        message: Message = await request.receive()
+        if message["type"] != "http.disconnect":  # pragma: no cover  # as upstream
+            raise RuntimeError(f"Unexpected message received: {message['type']}")
+        return message
+    if getattr(request, "_body", None) is not None:
+        request._wrapped_rcv_consumed = True
+        return {"type": "http.request", "body": request._body, "more_body": False}
+    if request._stream_consumed:
+        request._wrapped_rcv_consumed = True
+        return {"type": "http.request", "body": b"", "more_body": False}
+    stream = request.stream()
+    try:
+        chunk = await stream.__anext__()
+    except _client_disconnect():  # evaluated only when something was raised
+        request._wrapped_rcv_disconnected = True
+        return {"type": "http.disconnect"}
+    finally:
+        await stream.aclose()
+    request._wrapped_rcv_consumed = request._stream_consumed
+    return {"type": "http.request", "body": chunk, "more_body": not request._stream_consumed}
 
 
 def _collapse(group: BaseException) -> BaseException:
@@ -818,7 +1002,13 @@ class _ProxyStandIn(_Proxy):
 
 
 # The receives that the shim hands on: a layer that gets one of them is not the outermost.
-_handed_on = (_disconnect_sticks(None).__code__, _Run.receive.__code__, _BodyRead.receive.__code__)
+_handed_on = (
+    _Client.receive.__code__,
+    _Client.receive_noting.__code__,
+    _Run.receive.__code__,
+    _BodyRead.receive.__code__,
+    _BodyRead.dispatch_receive.__code__,
+)
 
 
 def _route_for_url_for(scope: Any) -> None:
@@ -852,7 +1042,8 @@ def wrapper_for(original: Callable[..., Awaitable[None]]) -> Callable[..., Await
         if pieces is not None and len(args) == 3 and args[0]["type"] == "http":
             scope, receive, send = args
             if getattr(receive, "__code__", None) not in _handed_on:  # the outermost layer
-                receive = _disconnect_sticks(receive)
+                client = _Client(receive)
+                receive = client.receive_noting if pieces.read_body else client.receive
             if pieces.url_for and "router" not in scope:
                 _route_for_url_for(scope)
             layer = _StandIn(instance, pieces, send)
