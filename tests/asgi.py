@@ -47,9 +47,12 @@ GROUPS_ESCAPE = ANYIO_MAJOR >= 4 and (
 # 0.19 - 0.20.4 and 0.28 - 0.38.2 leave call_next's receiving stream open when the endpoint or
 # the dispatch raises, and anyio 4 warns when it is collected (fixed upstream in 0.45.1, #2813).
 LEAVES_STREAMS_OPEN = ANYIO_MAJOR >= 4 and STARLETTE_AFFECTED and STARLETTE_RELEASE >= (0, 19, 0)
-# Where the errors fix has a piece to run: every affected release but 0.19 - 0.20.4 with anyio 3,
-# whose errors already come out as themselves.
-ERRORS_FIX_APPLIES = STARLETTE_AFFECTED and (
+# Where the errors fix has a piece to run: every affected release (own-context from 0.17.0 on,
+# starlette#2976).
+ERRORS_FIX_APPLIES = STARLETTE_AFFECTED
+# Where the doctor's errors scenario shows the defect unpatched: every affected release but
+# 0.19 - 0.20.4 with anyio 3, whose errors already come out as themselves (their context aside).
+ERRORS_COME_OUT_CHANGED = STARLETTE_AFFECTED and (
     STARLETTE_RELEASE < (0, 19, 0) or STARLETTE_RELEASE >= (0, 28, 0) or ANYIO_MAJOR >= 4
 )
 # starlette#1609 (0.20.1): the layer's body ends at the inner app's last message, not when the
