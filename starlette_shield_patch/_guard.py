@@ -66,6 +66,13 @@ PIECES = (
     # anyio 4 task groups wrap every error in an ExceptionGroup, one level per layer (0.31.0).
     Piece("collapse-groups", ERRORS, (0, 19, 0), FIRST.fixed, 4, "starlette#2211"),
     Piece("collapse-groups", ERRORS, SECOND.first, (0, 31, 0), 4, "starlette#2211"),
+    # 0.31 - 0.38.2 collapse a group of one that the app raised itself too, with any anyio (1.3.0
+    # keeps it).
+    Piece("collapse-groups", ERRORS, (0, 31, 0), SECOND.fixed, 0, "starlette#2830"),
+    # An error comes out with anyio.EndOfStream or the layer's group as its context, its own
+    # lost (0.49.0); 0.15 and 0.16 do not raise it again.
+    Piece("own-context", ERRORS, (0, 17, 0), FIRST.fixed, 0, "starlette#2976"),
+    Piece("own-context", ERRORS, SECOND.first, SECOND.fixed, 0, "starlette#2976"),
     # An error raised after the response reaches the server (0.46.0); on 0.15 - 0.20 the runs
     # that finish after the response keep theirs already.
     Piece("late-error", ERRORS, SECOND.first, SECOND.fixed, 0, "starlette#2812"),

@@ -6,7 +6,8 @@ starlette's own __call__ with a stand-in `self`. starlette reads two attributes 
 
 - `app`, which call_next runs: the inner app's `send` delivers `http.response.start` despite a
   pending cancellation (start-first); where a piece needs to know how the inner app did, it runs
-  in a `_Run` (finish-runs, own-error, body-error, late-error, drop-broken-send);
+  in a `_Run` (finish-runs, own-error, body-error, late-error, drop-broken-send), which hands
+  starlette the inner app's error raised from its own cause or context (own-context);
 - `dispatch_func`: the call_next that the dispatch gets (own-error, body-error; its response
   does not listen for the disconnect: no-listen; its body, or its frame where it raised, is
   kept: close-streams), and the response the dispatch returns, which lets the runs finish once
@@ -25,7 +26,7 @@ import builtins
 import sys
 from contextlib import suppress
 from types import MethodType
-from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable, Dict, Iterable
+from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable, Dict, Iterable, cast
 
 import wrapt
 from anyio import (
@@ -75,6 +76,7 @@ class InForce:
         "keeps_late",
         "late_error",
         "no_listen",
+        "own_context",
         "own_error",
         "raises_kept",
         "read_body",
@@ -96,7 +98,9 @@ class InForce:
         self.finish_runs = "finish-runs" in names
         self.own_error = "own-error" in names
         self.body_error = "body-error" in names
-        self.collapse_groups = "collapse-groups" in names
+        # Without a BaseExceptionGroup (Python < 3.11 without the backport) there is none to collapse.
+        self.collapse_groups = "collapse-groups" in names and _BaseExceptionGroup is not None
+        self.own_context = "own-context" in names
         self.late_error = "late-error" in names
         self.close_streams = "close-streams" in names
         self.close_discarded = "close-discarded-streams" in names  # on releases with close-streams
@@ -133,6 +137,12 @@ in_force: InForce | None = None
 
 async def _deliver_start(stream: MemoryObjectSendStream[Message], message: Message, send: Send) -> None:
     """call_next's `send`, but a pending cancellation still lets the start through."""
+    if "headers" not in message:
+        # starlette#3721: ASGI lets a start leave out its headers; call_next reads
+        # message["headers"] and raises KeyError (1.10.0 reads .get("headers", [])). A copy: the
+        # app's dict may be a constant, and the list becomes the response's raw_headers, which a
+        # dispatch adds to. One dict lookup per response start.
+        message = {**message, "headers": []}
     # starlette#1634, #2516: on disconnect an inner StreamingResponse cancels its task group
     # before it sends the start; MemoryObjectSendStream.send checks for cancellation *before* it
     # delivers, so the start is dropped and the outer call_next raises "No response returned.".
@@ -249,7 +259,8 @@ class _Run:
     The error pieces read how it failed: before its response start (`failed`, raised by
     call_next: own-error), during its body (`failed`, raised where the body ends: body-error),
     or after its last body message (`late`, raised by the layer once its own response is sent:
-    finish-runs, late-error).
+    finish-runs, late-error); one that starlette raises itself is raised to it `from` its own
+    cause or context (own-context).
     """
 
     __slots__ = (
@@ -301,6 +312,11 @@ class _Run:
             else:
                 await app(scope, self._receive, self.watch)
         except Exception as exc:
+            error: Exception = exc
+            if pieces.collapse_groups and isinstance(exc, _BaseExceptionGroup):
+                # starlette#2830: the group a StreamingResponse's task group added (anyio 4) is
+                # starlette's, not the app's; the app's own error is in it.
+                error = cast(Exception, _unwrap(exc))  # an ExceptionGroup holds Exceptions
             if (
                 pieces.drop_broken_send
                 and isinstance(exc, BrokenResourceError)
@@ -314,9 +330,15 @@ class _Run:
                     raise
                 # Work after the response failed. starlette would drop it (or never get that
                 # far); the layer raises it once its own response is done, for the server to log.
-                self.late = exc
+                self.late = error
             elif pieces.body_error if self.started else pieces.own_error:
-                self.failed = exc  # raised by call_next, or where the body ends
+                self.failed = error  # raised by call_next, or where the body ends
+            elif pieces.own_context:
+                # starlette#2976 (0.49.0): call_next raises it again in the handling of
+                # anyio.EndOfStream, 0.31 - 0.38.2 collapse its group in the handling of that group:
+                # each time Python puts that in its __context__, and the error's own is lost. Raised
+                # `from` its own (as 1.10.0's call_next does), later contexts are not shown.
+                raise error from _origin(error)
             else:
                 raise  # starlette's own handling, as unpatched
         finally:
@@ -883,16 +905,81 @@ async def _wrapped_receive_closing(request: Any) -> Message:
     return {"type": "http.request", "body": chunk, "more_body": not request._stream_consumed}
 
 
-def _collapse(group: BaseException) -> BaseException:
-    """collapse-groups: the one error a group holds, however deep; a group of several stays."""
+# collapse-groups: the modules whose __call__ opens a task group that 1.10.0 collapses
+# (create_collapsing_task_group): the layer's own and StreamingResponse's.
+_STARLETTES_GROUPS = ("starlette.middleware.base", "starlette.responses")
+
+
+def _from_starlettes_task_group(group: BaseException) -> bool:
+    """collapse-groups: whether anyio raised `group` as the task group of a starlette __call__
+    (the layer's, a StreamingResponse's) exits: that frame, then the task group's __aexit__."""
+    tb = group.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        code = tb.tb_frame.f_code
+        if (
+            code.co_name == "__call__"
+            and tb.tb_next.tb_frame.f_code.co_name == "__aexit__"
+            and tb.tb_frame.f_globals.get("__name__") in _STARLETTES_GROUPS
+        ):
+            return True
+        tb = tb.tb_next
+    return False
+
+
+def _unwrap(group: BaseException) -> BaseException:
+    """collapse-groups: the error in the groups of one that starlette's own task groups added; a
+    group that the app made (or its own task group), or a group of several, stays."""
     # starlette#2211 (0.31.0): anyio 4 wraps every error that leaves a task group in an
     # ExceptionGroup, one level per layer (and one more per StreamingResponse), so an outer
     # `except MyError` misses it and servers and error trackers see "unhandled errors in a
-    # TaskGroup". As starlette's collapse_excgroups: a cancellation stays a cancellation.
+    # TaskGroup". starlette#2830 (1.3.0): 0.31 - 0.38.2 collapse every group of one, the app's
+    # own too; 1.10.0 collapses only what its task groups added. A cancellation stays one.
     error = group
-    while isinstance(error, _BaseExceptionGroup) and len(error.exceptions) == 1:
+    while (
+        isinstance(error, _BaseExceptionGroup)
+        and len(error.exceptions) == 1
+        and _from_starlettes_task_group(error)
+    ):
         error = error.exceptions[0]
     return error
+
+
+# collapse-groups on 0.31 - 0.38.2: the context manager around the layer's task group that
+# collapses every group of one (0.31.0's own, starlette._utils' from 0.32.0 on).
+_COLLAPSES_EVERY_GROUP = ("_convert_excgroups", "collapse_excgroups")
+
+
+def _collapsed_by_starlette(exc: BaseException) -> BaseException | None:
+    """collapse-groups on 0.31 - 0.38.2: the group that starlette's collapse_excgroups caught and
+    raised `exc`, the error that group holds however deep, in the handling of, or None."""
+    group = exc.__context__
+    tb = getattr(group, "__traceback__", None)
+    # It caught the group last: its frame heads the group's traceback.
+    if tb is None or tb.tb_frame.f_code.co_name not in _COLLAPSES_EVERY_GROUP:
+        return None
+    error = group
+    while isinstance(error, _BaseExceptionGroup) and len(error.exceptions) == 1:
+        error = error.exceptions[0]  # as collapse_excgroups does
+    return cast(BaseException, group) if error is exc and error is not group else None
+
+
+def _raise_uncollapsed(exc: BaseException) -> None:
+    """collapse-groups: raise the error that escaped the layer without the groups that starlette's
+    task groups added, or return to let `exc` go as it is."""
+    # An error that 0.31 - 0.38.2 collapsed: the group it came from is the layer's task group's
+    # (anyio 4), which may hold the app's own group, or the app's own group (anyio 3).
+    group = _collapsed_by_starlette(exc)
+    if group is not None:
+        error = _unwrap(group)
+        origin = _origin(error)
+        # starlette#2976: collapse_excgroups raises it in the handling of the group, so the
+        # context of an error that was not raised `from` its own (the dispatch's) is lost: none
+        # is shown rather than the layer's plumbing.
+        raise error from (None if origin is group else origin)
+    if isinstance(exc, _BaseExceptionGroup):  # the layer's task group's (0.19 - 0.20.4, 0.28 - 0.30)
+        error = _unwrap(exc)
+        if error is not exc:  # else a group of several, or not starlette's
+            raise error from _origin(error)
 
 
 async def _layer(call: Awaitable[None], pieces: InForce, stand_in: _StandIn) -> None:
@@ -903,9 +990,8 @@ async def _layer(call: Awaitable[None], pieces: InForce, stand_in: _StandIn) -> 
     except BaseException as exc:
         if pieces.close_streams:
             _close_streams(stand_in.kept)
-        if pieces.collapse_groups and isinstance(exc, _BaseExceptionGroup) and len(exc.exceptions) == 1:
-            error = _collapse(exc)
-            raise error from _origin(error)
+        if pieces.collapse_groups:
+            _raise_uncollapsed(exc)
         raise
     if pieces.close_discarded:
         _close_streams(stand_in.kept)

@@ -49,9 +49,12 @@ ANYIO_RELEASE = tuple(int(part) for part in version("anyio").split(".")[:3] if p
 # the dispatch raises (fixed upstream in 0.45.1, #2813); anyio warns when it is collected from
 # 4.4.0 on (MemoryObjectReceiveStream.__del__): 4.0.0 - 4.3.0 leave it open without a word.
 LEAVES_STREAMS_OPEN = ANYIO_RELEASE >= (4, 4) and STARLETTE_AFFECTED and STARLETTE_RELEASE >= (0, 19, 0)
-# Where the errors fix has a piece to run: every affected release but 0.19 - 0.20.4 with anyio 3,
-# whose errors already come out as themselves.
-ERRORS_FIX_APPLIES = STARLETTE_AFFECTED and (
+# Where the errors fix has a piece to run: every affected release (own-context from 0.17.0 on,
+# starlette#2976).
+ERRORS_FIX_APPLIES = STARLETTE_AFFECTED
+# Where the doctor's errors scenario shows the defect unpatched: every affected release but
+# 0.19 - 0.20.4 with anyio 3, whose errors already come out as themselves (their context aside).
+ERRORS_COME_OUT_CHANGED = STARLETTE_AFFECTED and (
     STARLETTE_RELEASE < (0, 19, 0) or STARLETTE_RELEASE >= (0, 28, 0) or ANYIO_MAJOR >= 4
 )
 # starlette#1609 (0.20.1): the layer's body ends at the inner app's last message, not when the
