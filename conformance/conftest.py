@@ -115,6 +115,13 @@ NOT_APPLICABLE = [
         "Request.send_early_hints (http.response.early_hint) does not exist in starlette 0.x",
     ),
     Rule(
+        "test_multiple_middlewares_stacked_client_disconnected",
+        lambda release: release < (0, 18, 0),
+        # Response.init_headers of 0.15.0 - 0.17.1: `if body and populate_content_length`; 0.18.0
+        # sends content-length: 0 for an empty body too. The test's expected events include it.
+        "Response(b'') sends no content-length: 0 before starlette 0.18.0",
+    ),
+    Rule(
         "test_asgi_pathsend_events",
         lambda release: release < (0, 36, 0) or (0, 38, 1) <= release < (1, 0, 0),
         # Checked in the sdists: 0.35.1 has no pathsend, 0.36.0 - 0.38.0 have it, 0.38.1 - 0.41.0 not.
