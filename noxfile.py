@@ -51,8 +51,14 @@ CONFORMANCE = {
 }
 # What conformance/run.py and the old releases' TestClient need beyond a `tests` session's venv:
 # pip (pip download of the sdists), pytest-timeout (old releases hang on some tests), requests (the
-# TestClient before 0.21), httpx (from 0.21; the own tests' tests/types.py).
-CONFORMANCE_REQUIREMENTS = ["pip", "pytest-timeout", "requests", "httpx"]
+# TestClient before 0.21), httpx (from 0.21; the own tests' tests/types.py) as the release can use it.
+CONFORMANCE_REQUIREMENTS = ["pip", "pytest-timeout", "requests"]
+
+
+def conformance_requirements(starlette: str) -> list[str]:
+    # The TestClient of 0.21 - 0.36.x passes `app=` to httpx.Client, which httpx 0.28 removed.
+    before_0_37 = tuple(map(int, starlette.split(".")[:2])) < (0, 37)
+    return [*CONFORMANCE_REQUIREMENTS, "httpx<0.28" if before_0_37 else "httpx"]
 
 
 def _pyenv_interpreters_on_path() -> None:
@@ -132,11 +138,11 @@ def tests(session: nox.Session, starlette: str, anyio: str) -> None:
     pytest(session, "-m", f"not ({others})")
     if python == MAIN_PYTHON and anyio in CONFORMANCE.get(starlette, ()):
         # After the suite, in the same venv: what conformance needs does not change what it tests.
-        conformance_run(session)
+        conformance_run(session, starlette)
 
 
-def conformance_run(session: nox.Session) -> None:
-    session.install(*CONFORMANCE_REQUIREMENTS)
+def conformance_run(session: nox.Session, starlette: str) -> None:
+    session.install(*conformance_requirements(starlette))
     session.run("python", "conformance/run.py", "--cache", str(ROOT / ".conformance-cache"))
 
 
@@ -159,7 +165,7 @@ def conformance(session: nox.Session, starlette: str, anyio: str) -> None:
     """starlette's own BaseHTTPMiddleware tests without and with the shim, on a release that no
     `tests` session runs on this Python (conformance/run.py)."""
     session.install(".", f"starlette=={starlette}", *anyio_requirements(starlette, anyio), "pytest")
-    conformance_run(session)
+    conformance_run(session, starlette)
 
 
 @nox.session(python=MAIN_PYTHON)
