@@ -14,6 +14,7 @@ release (NOT_APPLICABLE), never because it fails. Everything here changes the te
 from __future__ import annotations
 
 import functools
+import importlib
 import importlib.util
 import inspect
 import sys
@@ -57,6 +58,18 @@ if not hasattr(starlette.middleware, "_MiddlewareFactory"):
 #    removed (it is `anyio.from_thread.start_blocking_portal` since anyio 3.0). Same function.
 if not hasattr(anyio, "start_blocking_portal"):
     anyio.start_blocking_portal = anyio.from_thread.start_blocking_portal  # type: ignore[attr-defined]
+
+if importlib.util.find_spec("trio") is not None and _release(version("trio")) < (0, 22, 0):
+    # 7. trio < 0.22 (the only trio that anyio 3 runs with) replaces traceback.TracebackException's
+    #    __init__ and format at import with functions that do not take the `_ctx` keyword that
+    #    Python 3.11 passes when it formats an exception group: pytest then stops with an
+    #    INTERNALERROR while it reports a test. trio keeps the originals; put them back (only how
+    #    a MultiError's traceback prints changes).
+    import traceback
+
+    multierror: Any = importlib.import_module("trio._core._multierror")  # gone from trio >= 0.22
+    traceback.TracebackException.__init__ = multierror.traceback_exception_original_init  # type: ignore[method-assign]
+    traceback.TracebackException.format = multierror.traceback_exception_original_format  # type: ignore[method-assign]
 
 _TESTCLIENT_HAS_BACKEND = "backend" in inspect.signature(starlette.testclient.TestClient.__init__).parameters
 
