@@ -46,7 +46,7 @@ ANYIO_MAJOR = int(version("anyio").split(".")[0])
 if importlib.util.find_spec("httpx2") is None:
     sys.modules["httpx2"] = types.ModuleType("httpx2")
 
-# 2. `from starlette.middleware import _MiddlewareFactory` (starlette 0.39+; 0.36 - 0.38 call it
+# 2. `from starlette.middleware import _MiddlewareFactory` (later releases; 0.36 - 0.38 call it
 #    _MiddlewareClass, older releases have neither). The test file uses it only in an annotation
 #    (`from __future__ import annotations`, never evaluated): any object lets the import succeed.
 if not hasattr(starlette.middleware, "_MiddlewareFactory"):
