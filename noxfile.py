@@ -34,6 +34,36 @@ ON_OLDEST_PYTHON = [CANCELLING[0], CANCELLING[-1], "0.29.0"]
 BETWEEN_PYTHONS = {"3.9": "3.7.1", "3.10": "3.7.1", "3.12": "newest"}
 # anyio 4 before 4.4.0, which does not warn about unclosed memory streams (close-streams).
 ANYIO_4_BEFORE_4_4 = "4.3.0"
+# Conformance (conformance/run.py): starlette 1.10.0's tests/middleware/test_base.py, and the
+# release's own, without and with the shim, on Python 3.11 (the 1.10.0 file needs >= 3.10). One
+# release per version of BaseHTTPMiddleware.__call__ (and the ends of each range): 0.15.0 (0.15 -
+# 0.16), 0.17.0 (0.17 - 0.18: the inner app's error kept), 0.19.0 (0.19.0 - 0.20.0: it is raised
+# after the response), 0.20.4 (0.20.x: body_stream stops at more_body=False), 0.28.0, 0.29.0 (0.29 -
+# 0.30), 0.31.0 (0.31 - 0.38.2: exception groups collapsed), 0.37.2 (its FileResponse sends
+# http.response.pathsend), 0.38.2. Run on both anyio ends where they differ in major version
+# (0.19 - 0.38.2: anyio 3 and 4); 0.15 - 0.18 run on anyio 3 only, on its newest.
+CONFORMANCE = {
+    "0.15.0": ("newest",),
+    "0.17.0": ("newest",),
+    "0.19.0": ("oldest", "newest"),
+    "0.20.4": ("oldest", "newest"),
+    "0.28.0": ("oldest", "newest"),
+    "0.29.0": ("newest",),
+    "0.31.0": ("newest",),
+    "0.37.2": ("newest",),
+    "0.38.2": ("oldest", "newest"),
+}
+# What conformance/run.py and the old releases' TestClient need beyond a `tests` session's venv:
+# pip (pip download of the sdists), pytest-timeout (old releases hang on some tests), requests (the
+# TestClient before 0.21), httpx (from 0.21; the own tests' tests/types.py) as the release can use it.
+CONFORMANCE_REQUIREMENTS = ["pip", "pytest-timeout", "requests"]
+
+
+def conformance_requirements(starlette: str) -> list[str]:
+    # The TestClient of 0.21 - 0.36.x passes `app=` to httpx.Client, which httpx 0.27 deprecates
+    # (an error under the test's filterwarnings) and 0.28 removed.
+    before_0_37 = tuple(map(int, starlette.split(".")[:2])) < (0, 37)
+    return [*CONFORMANCE_REQUIREMENTS, "httpx<0.27" if before_0_37 else "httpx"]
 
 
 def _pyenv_interpreters_on_path() -> None:
@@ -114,6 +144,36 @@ def tests(session: nox.Session, starlette: str, anyio: str) -> None:
     venvs = (python == MAIN_PYTHON and starlette in full) or python == OLDEST_PYTHON
     others = "servers or deployments or packaging or fastapi or neighbours" + ("" if venvs else " or venvs")
     pytest(session, "-m", f"not ({others})")
+    if python == MAIN_PYTHON and anyio in CONFORMANCE.get(starlette, ()):
+        # After the suite, in the same venv: what conformance needs does not change what it tests.
+        conformance_run(session, starlette)
+
+
+def conformance_run(session: nox.Session, starlette: str) -> None:
+    session.install(*conformance_requirements(starlette))
+    session.run("python", "conformance/run.py", "--cache", str(ROOT / ".conformance-cache"))
+
+
+# The conformance releases that no `tests` session on MAIN_PYTHON runs.
+CONFORMANCE_ALONE = [
+    (release, which)
+    for release, ends in CONFORMANCE.items()
+    for which in ends
+    if (MAIN_PYTHON, release, which) not in matrix()
+]
+
+
+@nox.session(python=MAIN_PYTHON)
+@nox.parametrize(
+    ("starlette", "anyio"),
+    CONFORMANCE_ALONE,
+    ids=[f"starlette-{release}-anyio-{which}" for release, which in CONFORMANCE_ALONE],
+)
+def conformance(session: nox.Session, starlette: str, anyio: str) -> None:
+    """starlette's own BaseHTTPMiddleware tests without and with the shim, on a release that no
+    `tests` session runs on this Python (conformance/run.py)."""
+    session.install(".", f"starlette=={starlette}", *anyio_requirements(starlette, anyio), "pytest")
+    conformance_run(session, starlette)
 
 
 @nox.session(python=MAIN_PYTHON)
