@@ -59,6 +59,11 @@ PIECES = (
     # stopped reading its body (BrokenResourceError) would end the whole request.
     Piece("drop-broken-send", RESPONSE_START, (0, 15, 0), (0, 17, 0), 0, "starlette#1262"),
     Piece("finish-runs", AFTER_RESPONSE, FIRST.first, FIRST.fixed, 0, "starlette#1438"),
+    # The inner app's work after its response (background tasks) starts only once the layer has
+    # sent its response, not when its last body message reaches call_next (1.7.0). It is about
+    # when the work after the response runs, as finish-runs: the after-response fix.
+    Piece("wait-sent", AFTER_RESPONSE, FIRST.first, FIRST.fixed, 0, "starlette#3476"),
+    Piece("wait-sent", AFTER_RESPONSE, SECOND.first, SECOND.fixed, 0, "starlette#3476"),
     # call_next raises the inner app's own error, not "No response returned." beside it (0.17.0).
     Piece("own-error", ERRORS, (0, 15, 0), (0, 17, 0), 0, "starlette#1262"),
     # A streamed body that fails mid-body raises its error (0.19.0).
@@ -90,13 +95,17 @@ PIECES = (
     Piece("skip-empty-chunks", PASS_THROUGH, (0, 15, 0), (0, 20, 1), 0, "starlette#1609"),
     # call_next asserts that the start comes first: the debug extension's template info breaks it.
     Piece("template-info", PASS_THROUGH, FIRST.first, FIRST.fixed, 0, "starlette#1991"),
-    # FileResponse sends http.response.pathsend where the server offers it; call_next asserts a body.
+    # FileResponse sends http.response.pathsend where the server offers it; call_next asserts a
+    # body. As 1.10.0, the message passes through the layer to the server.
     Piece("file-body", PASS_THROUGH, (0, 36, 0), (0, 38, 1), 0, "starlette#2649"),
     # request.url_for in a dispatch needs scope["router"], which the router sets only below it.
     Piece("url-for", PASS_THROUGH, FIRST.first, FIRST.fixed, 0, "starlette#2672"),
     Piece("url-for", PASS_THROUGH, SECOND.first, SECOND.fixed, 0, "starlette#2672"),
     # The layer's body ends only when the inner app returns, after its background tasks (0.29.0).
     Piece("end-at-last", PASS_THROUGH, SECOND.first, (0, 29, 0), 0, "starlette#2194"),
+    # wait-sent holds the inner app's last message until the layer's response is sent, and 0.28.0
+    # ends the layer's body only when the inner app returns: they would wait for each other.
+    Piece("end-at-last", AFTER_RESPONSE, SECOND.first, (0, 29, 0), 0, "starlette#3476"),
 )
 
 

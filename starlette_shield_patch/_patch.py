@@ -198,7 +198,7 @@ class _Lifecycle:
         _request_path(tuple(name for name, fix in installed.pieces if fix in self.wanted))  # type: ignore[union-attr]
 
     def _fixes(self) -> tuple[str, ...]:
-        # The fixes asked for that this release needs: on 0.28 - 0.38.2 there is no after-response.
+        # The fixes asked for that this release needs (on 0.28 - 0.38.2, after-response is wait-sent alone).
         installed = self.installed
         needed = {fix for _, fix in installed.pieces} if installed is not None else set()
         return tuple(fix for fix in FIXES if fix in needed and fix in self.wanted)

@@ -36,7 +36,6 @@ from anyio import (
     Event,
     WouldBlock,
     get_cancelled_exc_class,
-    open_file,
 )
 from anyio.lowlevel import checkpoint
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
@@ -85,6 +84,7 @@ class InForce:
         "skip_empty",
         "template_info",
         "url_for",
+        "waits_sent",
         "wraps_call_next",
         "wraps_dispatch",
         "wraps_layer",
@@ -111,11 +111,13 @@ class InForce:
         self.file_body = "file-body" in names
         self.url_for = "url-for" in names
         self.end_at_last = "end-at-last" in names
+        self.waits_sent = "wait-sent" in names
         # Where they hook in, so that a request pays only for the hooks its pieces need.
         self.keeps_late = self.finish_runs or self.late_error  # a run keeps an error after its response
         self.wraps_call_next = self.body_error  # every release with own-error has body-error too
         sends = self.skip_empty or self.template_info or self.file_body or self.end_at_last
         self.runs = self.keeps_late or self.wraps_call_next or self.drop_broken_send or sends
+        self.runs = self.runs or self.waits_sent
         self.sees_responses = self.no_listen or self.close_streams  # what call_next returns
         self.wraps_dispatch = (
             self.finish_runs
@@ -174,6 +176,17 @@ def _call_next_stream(send: Send) -> MemoryObjectSendStream[Message] | None:
         if type(cell.cell_contents) is MemoryObjectSendStream:
             return cell.cell_contents
     return None  # pragma: no cover  # every release from 0.15 on hands call_next one of the two
+
+
+def _response_sent(receive: Any) -> Any:
+    """wait-sent: starlette's `response_sent` event (0.28.0 and later) from the receive that
+    call_next hands the inner app (receive_or_disconnect, a closure over it)."""
+    code = getattr(receive, "__code__", None)
+    if code is None or "response_sent" not in code.co_freevars:  # pragma: no cover  # every such release
+        sent = Event()  # not found: no wait, as unpatched
+        sent.set()
+        return sent
+    return receive.__closure__[code.co_freevars.index("response_sent")].cell_contents
 
 
 def _start_first(send: Send) -> Send:
@@ -243,9 +256,6 @@ def _release_waiting_sends(stream: MemoryObjectSendStream[Message]) -> bool:
     return True
 
 
-_FILE_CHUNK = 64 * 1024  # FileResponse.chunk_size on the releases with file-body
-
-
 class _Run:
     """One run of the inner app that call_next started, and what the layer knows of it.
 
@@ -270,6 +280,7 @@ class _Run:
         "_receive",
         "_receiving",
         "_send",
+        "_sent",
         "_stream",
         "detached",
         "ended",
@@ -300,6 +311,7 @@ class _Run:
         self.failed: Exception | None = None  # raised during its response, not raised yet
         self.late: Exception | None = None  # raised after its response was over
         self._on_end: Event | None = None
+        self._sent: Event | None = None  # wait-sent, with finish-runs: set once the layer's response is sent
         self._receiving: set[CancelScope] | None = None  # receive() calls in progress
         self.noted: Any = None  # read-body: the dispatch's Request, told what the inner app received
 
@@ -354,8 +366,8 @@ class _Run:
             pieces = self._pieces
             if not message.get("more_body", False):
                 self.over = True  # what it raises from now on comes after its response
-                if pieces.end_at_last:
-                    return self._send_then_end(message)
+                if pieces.end_at_last or pieces.waits_sent:
+                    return self._send_last(message)
             if pieces.skip_empty and not message.get("body"):
                 # Not passed on; the layer's body ends when this stream closes, as it would.
                 return checkpoint()
@@ -369,7 +381,13 @@ class _Run:
         """A message that is neither the start nor a body chunk."""
         pieces = self._pieces
         if pieces.file_body and message["type"] == "http.response.pathsend":
-            return self._send_file(message)
+            # starlette#2649 (0.38.1 took the extension out of FileResponse again); 1.10.0 hands
+            # the message on as the last of call_next's body, and the layer's response sends it
+            # as it is, for the server to send the file (_respond_passing_pathsend). call_next's
+            # body asserts body messages: it goes inside one, which body_stream yields as a
+            # chunk, as 1.10.0's body_stream yields the message.
+            self.over = True
+            return self._send_last({"type": "http.response.body", "body": message, "more_body": False})
         if pieces.template_info and not self.started:
             # starlette#1991 (0.24.0): call_next asserts that the start comes first, so the debug
             # extension's `http.response.template` (a TemplateResponse under the TestClient)
@@ -378,24 +396,21 @@ class _Run:
             return self._out(message)
         return self._send(message)
 
-    async def _send_then_end(self, message: Message) -> None:
-        """end-at-last: the last body message, then the end of call_next's body."""
-        # starlette#919, #2194 (0.29.0): on 0.28.0 the layer's body ends only when the inner app
-        # returns, after its background tasks, so a chunked answer is not complete until then.
+    async def _send_last(self, message: Message) -> None:
+        """The last body message; then the end of call_next's body (end-at-last), and the wait
+        for the layer's response to be sent (wait-sent). One coroutine per response, none per chunk."""
+        pieces = self._pieces
         await self._send(message)
-        await self._stream.aclose()
-
-    async def _send_file(self, message: Message) -> None:
-        """file-body: the file of an `http.response.pathsend` as body chunks, as 0.38.1 sends it."""
-        # 0.36.0 - 0.38.0's FileResponse sends the path alone where the server offers the
-        # extension, and call_next asserts a body: behind a layer the client gets a 200 with no
-        # body. 0.38.1 took the extension out again and reads the file itself, chunk by chunk.
-        async with await open_file(message["path"], "rb") as file:
-            more_body = True
-            while more_body:
-                chunk = await file.read(_FILE_CHUNK)
-                more_body = len(chunk) == _FILE_CHUNK
-                await self.watch({"type": "http.response.body", "body": chunk, "more_body": more_body})
+        if pieces.end_at_last:
+            # starlette#919, #2194 (0.29.0): on 0.28.0 the layer's body ends only when the inner
+            # app returns, after its background tasks, so a chunked answer is not complete until then.
+            await self._stream.aclose()
+        if pieces.waits_sent:
+            # starlette#3476 (1.7.0): the inner app's work after its response (background tasks)
+            # starts only once the layer has sent its own response, as 1.10.0's send_no_error
+            # waits for `response_sent` after the last body message or pathsend. starlette's own
+            # event: no event of ours.
+            await _response_sent(self._receive).wait()
 
     async def send(self, message: Message) -> None:
         """The inner app's send (finish-runs): call_next's, start first; dropped once the response
@@ -419,6 +434,13 @@ class _Run:
                     # closes, which starlette does when the inner app returns, after its
                     # background work. Close it now.
                     await self._stream.aclose()
+                    if not self.detached:
+                        # wait-sent (starlette#3476, 1.7.0; with finish-runs on the same
+                        # releases, in the same fix): its work after the response starts once
+                        # the layer's response is sent: finish() says so. 0.15 - 0.20.4 have no
+                        # response_sent: one event per run.
+                        self._sent = Event()
+                        await self._sent.wait()
                 return
             if kind == "http.response.start":
                 self.started = True
@@ -457,6 +479,14 @@ class _Run:
         await self._stream.aclose()
         for waiting in self._receiving or ():
             waiting.cancel()
+        if self._sent is not None:
+            # wait-sent: it waits for this after its last body message. Most runs then return at
+            # once (nothing to do after the response): one checkpoint lets them, and spares the
+            # event below.
+            self._sent.set()
+            await checkpoint()
+            if self.ended:
+                return
         self._on_end = Event()
         await self._on_end.wait()
 
@@ -627,7 +657,7 @@ def _seeing_responses(call_next: Any, layer: _StandIn) -> Any:
                 layer.kept += _frames_of_call_next(exc.__traceback__)
             raise
         if pieces.no_listen:
-            response.__class__ = _not_listening_class(type(response))
+            response.__class__ = _not_listening_class(type(response), pieces.file_body)
         if pieces.close_streams:
             layer.kept.append(response.body_iterator)
         return response
@@ -639,13 +669,19 @@ def _seeing_responses(call_next: Any, layer: _StandIn) -> Any:
 # 0.20.4, starlette.middleware.base._StreamingResponse on 0.28.0 - 0.38.2) -> its subclass of
 # the same name that does not listen, made once.
 _NOT_LISTENING: dict[type, type] = {}
+# file-body: the same, for the classes whose __call__ also sends a pathsend message it streams.
+_PASSING_PATHSEND: dict[type, type] = {}
 
 
-def _not_listening_class(cls: type) -> type:
-    quiet = _NOT_LISTENING.get(cls)
+def _not_listening_class(cls: type, file_body: bool = False) -> type:
+    made = _PASSING_PATHSEND if file_body else _NOT_LISTENING
+    quiet = made.get(cls)
     if quiet is None:
-        namespace = {"__call__": _respond_without_listening, "__module__": cls.__module__, "__slots__": ()}
-        quiet = _NOT_LISTENING[cls] = type(cls.__name__, (cls,), namespace)
+        respond = _respond_without_listening
+        if file_body and _streams_as_in_base(cls):
+            respond = _respond_passing_pathsend
+        namespace = {"__call__": respond, "__module__": cls.__module__, "__slots__": ()}
+        quiet = made[cls] = type(cls.__name__, (cls,), namespace)
         quiet.__qualname__ = cls.__qualname__
         stream_response = getattr(cls, "stream_response", None)
         if getattr(stream_response, "__qualname__", None) == "StreamingResponse.stream_response" and (
@@ -675,6 +711,44 @@ def _respond_without_listening(self: Any, scope: Any, receive: Receive, send: Se
         # every resume of the layer's task passes through one frame fewer.
         return self.stream_response(send)  # type: ignore[no-any-return]
     return _stream_then_background(self, send)
+
+
+def _streams_as_in_base(cls: type) -> bool:
+    """file-body: whether `cls` streams with starlette.middleware.base._StreamingResponse's own
+    stream_response (0.36.0 - 0.38.0) over starlette.responses.StreamingResponse's, not with one
+    that others put over either (_respond_passing_pathsend does what the two do)."""
+    own = getattr(cls, "stream_response", None)
+    inherited = getattr(super(cls, cls), "stream_response", None)
+    return _is_function(own, "starlette.middleware.base", "_StreamingResponse.stream_response") and (
+        _is_function(inherited, "starlette.responses", "StreamingResponse.stream_response")
+    )
+
+
+def _is_function(function: Any, module: str, qualname: str) -> bool:
+    named = getattr(function, "__qualname__", None) == qualname
+    return named and getattr(function, "__module__", None) == module
+
+
+async def _respond_passing_pathsend(self: Any, scope: Any, receive: Receive, send: Send) -> None:
+    """no-listen and file-body: call_next's response as 0.36.0 - 0.38.0 stream it without the
+    disconnect listener, but a pathsend message in its body goes to the server as it is and ends
+    it, as in 1.10.0's _StreamingResponse.__call__."""
+    if self._info:
+        await send({"type": "http.response.debug", "info": self._info})
+    await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+    closes_body = True
+    async for chunk in self.body_iterator:
+        if isinstance(chunk, dict):  # the pathsend message (_Run._other): the file is the body
+            closes_body = False
+            await send(chunk)
+            continue
+        if not isinstance(chunk, bytes):
+            chunk = chunk.encode(self.charset)
+        await send({"type": "http.response.body", "body": chunk, "more_body": True})
+    if closes_body:
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+    if self.background is not None:  # set by the dispatch
+        await self.background()
 
 
 async def _stream_then_background(response: Any, send: Send) -> None:

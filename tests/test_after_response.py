@@ -9,6 +9,7 @@ from typing import Any, AsyncIterator, Iterator
 
 import anyio
 import pytest
+from starlette.background import BackgroundTask
 from starlette.middleware.base import BaseHTTPMiddleware
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, StreamingResponse
@@ -16,9 +17,11 @@ from starlette.responses import PlainTextResponse, StreamingResponse
 import starlette_shield_patch
 from conftest import shim_state
 from tests.asgi import (
+    BODY_ENDS_AT_LAST_MESSAGE,
     STARLETTE_AFFECTED,
     STARLETTE_CANCELS,
     STARLETTE_HAS_ANYIO,
+    STARLETTE_RELEASE,
     ASGIApp,
     Message,
     Outcome,
@@ -36,6 +39,7 @@ from tests.asgi import (
     client_stays,
     expect_bug_only_unpatched,
     http_scope,
+    is_last,
     layers_that_show_the_bug,
     pass_through,
     reads_body_then_answers,
@@ -277,3 +281,131 @@ def test_after_its_response_the_inner_app_hears_http_disconnect(shim: str, backe
     # once the endpoint returns, so nothing tells it before the client does.
     hears = shim == "patched" if STARLETTE_CANCELS else body_ends_at_last_message(shim == "patched")
     assert (heard == [{"type": "http.disconnect"}]) is hears
+
+
+# --- starlette#3476 (1.7.0): the work after the response starts once the layer has sent it -------
+
+
+WAITS_FOR_THE_RESPONSE = STARLETTE_RELEASE >= (1, 7, 0)  # starlette#3476
+
+
+def work_starts_after_the_response_is_sent(app_for: Any, layers: int, backend: str) -> bool:
+    """Whether the inner app's background task started, and only once the outermost layer's last
+    response message had been sent: the server holds that send until the task starts, or 0.2 s."""
+    events: list[str] = []
+    work_started: list[anyio.Event] = []  # made in the event loop (anyio 3)
+
+    async def work() -> None:
+        events.append("work")
+        work_started[0].set()
+
+    app = stack(app_for(work), *[pass_through] * layers)
+
+    async def send(message: Message) -> None:
+        if is_last(message):
+            with anyio.move_on_after(0.2):  # an event where the task starts early, else bounded
+                await work_started[0].wait()
+            events.append("sent")
+
+    async def main() -> None:
+        work_started.append(anyio.Event())
+        with anyio.fail_after(5):
+            await app(http_scope("GET"), client_stays(b""), send)
+
+    anyio.run(main, backend=backend)
+    # Unpatched, 0.15 - 0.20.4 may cancel the task before it starts (no "work" at all).
+    return events == ["sent", "work"]
+
+
+def answers_in_one_message(work: Any) -> ASGIApp:
+    async def endpoint(scope: Scope, receive: Receive, send: Send) -> None:
+        await PlainTextResponse("hello", background=BackgroundTask(work))(scope, receive, send)
+
+    return endpoint
+
+
+def answers_in_chunks(work: Any) -> ASGIApp:
+    async def endpoint(scope: Scope, receive: Receive, send: Send) -> None:
+        async def body() -> AsyncIterator[bytes]:
+            yield b"a"
+            yield b"b"
+
+        await StreamingResponse(body(), background=BackgroundTask(work))(scope, receive, send)
+
+    return endpoint
+
+
+@pytest.mark.parametrize("layers", [1, 2, 3], ids=["one-layer", "two-layers", "three-layers"])
+@pytest.mark.parametrize(
+    "app_for", [answers_in_one_message, answers_in_chunks], ids=["one-message", "streamed"]
+)
+def test_a_background_task_starts_after_the_response_is_sent(
+    shim: str, backend: str, layers: int, app_for: Any
+) -> None:
+    # Unpatched, every release starts it once the inner app's last body message reaches
+    # call_next, before the layer (with several layers: before the outermost) has sent its own.
+    # 1.7.0 holds that message until the layer's response is sent; with stacked layers each waits
+    # for its own, so the innermost task waits for the outermost response.
+    starts_after = work_starts_after_the_response_is_sent(app_for, layers, backend)
+
+    assert starts_after is ((shim == "patched" and STARLETTE_AFFECTED) or WAITS_FOR_THE_RESPONSE)
+
+
+# What starlette 1.10.0 sends for test_do_not_block_on_background_tasks, by the number of layers:
+# with two or more, each request's last message is one checkpoint further from its first.
+NEWEST_BODIES = {1: ["more", "last", "more", "last"], 2: ["more", "more", "last", "last"]}
+NEWEST_BODIES[3] = NEWEST_BODIES[2]
+WORK_AFTER = ["work-start", "work-start", "work-end", "work-end"]
+
+
+def two_requests_at_once(layers: int, backend: str) -> list[str]:
+    """starlette's test_do_not_block_on_background_tasks: two requests at once, each with a
+    background task; what the server got and when the tasks ran."""
+    events: list[str] = []
+
+    async def work() -> None:
+        events.append("work-start")
+        await anyio.sleep(0.05)
+        events.append("work-end")
+
+    async def endpoint(scope: Scope, receive: Receive, send: Send) -> None:
+        await PlainTextResponse("Hello", background=BackgroundTask(work))(scope, receive, send)
+
+    app = stack(endpoint, *[pass_through] * layers)
+
+    async def send(message: Message) -> None:
+        if message["type"] == "http.response.body":
+            events.append("last" if is_last(message) else "more")
+
+    async def request() -> None:
+        await app(http_scope("GET"), client_stays(b""), send)
+
+    async def main() -> None:
+        with anyio.fail_after(5):
+            async with anyio.create_task_group() as requests:
+                requests.start_soon(request)
+                requests.start_soon(request)
+
+    anyio.run(main, backend=backend)
+    return events
+
+
+@pytest.mark.parametrize("layers", [1, 2, 3], ids=["one-layer", "two-layers", "three-layers"])
+def test_background_tasks_do_not_hold_back_other_responses(shim: str, backend: str, layers: int) -> None:
+    events = two_requests_at_once(layers, backend)
+
+    # Both tasks start once both responses are complete, and both finish. Unpatched, 0.15 - 0.20.4
+    # cancel them (and may start them before the last messages), 0.28.0 ends each body only once
+    # its task is done (starlette#2194), and with two or more layers every release starts them
+    # before the outer layers have sent the response (starlette#3476).
+    works_after = sorted(events[:4]) == sorted(NEWEST_BODIES[1]) and events[4:] == WORK_AFTER
+    newest = (shim == "patched" and STARLETTE_AFFECTED) or WAITS_FOR_THE_RESPONSE
+    newest = newest or (layers == 1 and not STARLETTE_CANCELS and STARLETTE_RELEASE != (0, 28, 0))
+    assert works_after is newest, events
+    if newest and (layers > 1 or BODY_ENDS_AT_LAST_MESSAGE):
+        assert events[:4] == NEWEST_BODIES[layers], events
+    elif newest:
+        # 0.15 - 0.20.0 and 0.28.0 read call_next's body until its stream closes: after the last
+        # chunk one more receive (with its checkpoint) lets the other request send its first
+        # chunk in between, as two layers do on 1.10.0. Each request's own order is newest's.
+        assert events[:4] == NEWEST_BODIES[2], events

@@ -7,7 +7,9 @@ that have the defect the unpatched run shows it, and the newest starlette is the
 
 from __future__ import annotations
 
+import contextlib
 import gc
+import gzip
 import json
 import os
 import tempfile
@@ -351,38 +353,115 @@ def test_a_real_template_response(shim: str, backend: str) -> None:
     assert sent_body(outcome.messages) == b"<p>x</p>"
 
 
-# --- 4. pathsend: a file answer arrives whole (0.36.0 - 0.38.0; 0.38.1 took it out) ----------------
+# --- 4. pathsend: a file answer passes through to the server (0.36.0 - 0.38.0; 0.38.1 took it out) --
+
+PATHSEND_SENT = (0, 36, 0) <= STARLETTE_RELEASE < (0, 38, 1) or STARLETTE_RELEASE >= (0, 39, 0)
+
+
+def content_of(size: int) -> bytes:
+    return bytes(range(256)) * (size // 256) + b"x" * (size % 256)
+
+
+@contextlib.contextmanager
+def file_of(size: int) -> Iterator[str]:
+    """The path of a file of `size` bytes (content_of), removed afterwards."""
+    with tempfile.NamedTemporaryFile(delete=False) as file:
+        file.write(content_of(size))
+    try:
+        yield file.name
+    finally:
+        os.unlink(file.name)
+
+
+def sends_file(path: str) -> ASGIApp:
+    async def endpoint(scope: Scope, receive: Receive, send: Send) -> None:
+        await FileResponse(path)(scope, receive, send)
+
+    return endpoint
+
+
+def forwards(app: ASGIApp) -> ASGIApp:
+    """A pure ASGI middleware that knows nothing of pathsend and hands every message on."""
+
+    async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
+        async def send_on(message: Message) -> None:
+            await send(message)
+
+        await app(scope, receive, send_on)
+
+    return middleware
+
+
+def pathsend_scope(*headers: tuple[bytes, bytes]) -> Scope:
+    scope = http_scope("GET")
+    scope["extensions"] = {"http.response.pathsend": {}}
+    scope["headers"] = [*scope["headers"], *headers]
+    return scope
 
 
 @pytest.mark.parametrize("layers", [1, 2])
 @pytest.mark.parametrize("size", [0, 10, 64 * 1024, 200_000])
-def test_a_file_answer_arrives_whole_where_the_server_offers_pathsend(
+def test_a_file_answer_passes_through_where_the_server_offers_pathsend(
     shim: str, backend: str, layers: int, size: int
 ) -> None:
-    content = bytes(range(256)) * (size // 256) + b"x" * (size % 256)
-    with tempfile.NamedTemporaryFile(delete=False) as file:
-        file.write(content)
-    try:
-
-        async def endpoint(scope: Scope, receive: Receive, send: Send) -> None:
-            await FileResponse(file.name)(scope, receive, send)
-
-        scope = http_scope("GET")
-        scope["extensions"] = {"http.response.pathsend": {}}
-        outcome = run(
-            stack(endpoint, *[pass_through] * layers), chunked_client(b""), backend=backend, scope=scope
-        )
-    finally:
-        os.unlink(file.name)
+    with file_of(size) as path:
+        app = stack(sends_file(path), *[pass_through] * layers)
+        outcome = run(app, chunked_client(b""), backend=backend, scope=pathsend_scope())
     if not fixed(shim, (0, 36, 0), (0, 38, 1)):
         assert any(isinstance(error, AssertionError) for error in outcome.errors()), outcome
         return
     assert outcome.clean, outcome
-    pathsend = [m for m in outcome.messages if m["type"] == "http.response.pathsend"]
-    if pathsend:  # the newest starlette passes the extension's message through (#2671)
-        assert pathsend == [{"type": "http.response.pathsend", "path": file.name}]
+    if PATHSEND_SENT:
+        # As 1.10.0 (its test_asgi_pathsend_events): the start, then the message for the server.
+        assert [m["type"] for m in outcome.messages] == ["http.response.start", "http.response.pathsend"]
+        assert outcome.messages[1] == {"type": "http.response.pathsend", "path": path}
+    else:  # 0.38.1 and 0.38.2 read the file themselves
+        assert sent_body(outcome.messages) == content_of(size) and is_last(outcome.messages[-1])
+
+
+@pytest.mark.parametrize("where", ["above", "between"])
+def test_a_file_answer_passes_a_middleware_that_knows_no_pathsend(
+    shim: str, backend: str, where: str
+) -> None:
+    with file_of(10) as path:
+        inner = sends_file(path)
+        if where == "between":
+            app = stack(forwards(stack(inner, pass_through)), pass_through)
+        else:
+            app = forwards(stack(inner, pass_through, pass_through))
+        outcome = run(app, chunked_client(b""), backend=backend, scope=pathsend_scope())
+    if not fixed(shim, (0, 36, 0), (0, 38, 1)):
+        assert any(isinstance(error, AssertionError) for error in outcome.errors()), outcome
+        return
+    assert outcome.clean, outcome
+    if PATHSEND_SENT:
+        kinds = [m["type"] for m in outcome.messages]
+        assert kinds == ["http.response.start", "http.response.pathsend"]
     else:
-        assert sent_body(outcome.messages) == content and is_last(outcome.messages[-1])
+        assert sent_body(outcome.messages) == content_of(10) and is_last(outcome.messages[-1])
+
+
+def test_gzip_above_a_layer_gets_the_file_answer_as_without_the_layer(shim: str, backend: str) -> None:
+    """The release's own GZipMiddleware above: newest passes pathsend up to it, so the layer adds
+    nothing to what that GZip makes of a file answer (0.36.0 - 0.38.0's drops the message)."""
+    accepts_gzip = (b"accept-encoding", b"gzip")
+    with file_of(1000) as path:
+        scope = pathsend_scope(accepts_gzip)
+        alone = run(GZipMiddleware(sends_file(path)), chunked_client(b""), backend=backend, scope=scope)
+        layered = run(
+            GZipMiddleware(stack(sends_file(path), pass_through)),
+            chunked_client(b""),
+            backend=backend,
+            scope=pathsend_scope(accepts_gzip),
+        )
+    if not fixed(shim, (0, 36, 0), (0, 38, 1)):
+        assert any(isinstance(error, AssertionError) for error in layered.errors()), layered
+        return
+    if PATHSEND_SENT:
+        assert layered.clean == alone.clean and layered.messages == alone.messages, (alone, layered)
+    else:  # the file in body messages, which GZip compresses, in chunks of the layer's own
+        assert alone.clean and layered.clean, (alone, layered)
+        assert gzip.decompress(sent_body(layered.messages)) == gzip.decompress(sent_body(alone.messages))
 
 
 # --- 5. request.url_for in a dispatch (starlette#2672, 0.39.2) ------------------------------------
