@@ -42,7 +42,7 @@ async def serve():
     sent, said = [], []
     async def receive():
         if said:
-            await anyio.sleep_forever()
+            await anyio.Event().wait()  # no more messages (anyio 3.0 has no sleep_forever)
         said.append(True)
         return {"type": "http.request", "body": b"", "more_body": False}
     async def send(message):
