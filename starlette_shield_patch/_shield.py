@@ -637,8 +637,16 @@ async def _body_then_error(body: AsyncIterator[bytes], run: _Run) -> AsyncIterat
     # starlette#1459: 0.17.0 and 0.18.0 end the body quietly, so the client gets a truncated
     # answer that looks whole and nothing is logged. Raising here stops the layer's response
     # before its last message, as 0.19.0 does.
-    async for chunk in body:
-        yield chunk
+    try:
+        async for chunk in body:
+            yield chunk
+    except GeneratorExit:
+        # Closed before its end (a dispatch that reads a chunk, then closes the body): close
+        # call_next's own body too, as closing it unwrapped does. Left suspended, it would be
+        # finalized by the collector, which trio reports ("Exception ignored in: <async_generator
+        # object ... body_stream>"). Nothing on the usual path.
+        await body.aclose()  # type: ignore[attr-defined]
+        raise
     failed = run.failed
     if failed is not None:
         run.failed = None

@@ -366,3 +366,35 @@ def test_requests_one_after_another_in_one_task_get_their_own_answers(backend: s
         assert not own_answers and outcomes[1] == "CancelledError", outcomes
     elif shim == "patched":
         assert own_answers, outcomes
+
+
+async def closes_the_body_early(request: Request, call_next: CallNext) -> Response:
+    """1.10.0's test_app_receives_http_disconnect_while_sending_if_discarded: one chunk of
+    call_next's body, then the body closed and an answer of its own."""
+    body = (await call_next(request)).body_iterator
+    try:
+        await body.__anext__()
+    finally:
+        await body.aclose()  # type: ignore[attr-defined]
+    return PlainTextResponse("Custom")
+
+
+async def streams_chunks(scope: Scope, receive: Receive, send: Send) -> None:
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    for _ in range(3):
+        await send({"type": "http.response.body", "body": b"chunk ", "more_body": True})
+    await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+@pytest.mark.parametrize("shim", ["unpatched", "patched"])
+def test_a_body_the_dispatch_closes_is_closed_inside_the_layer(backend: str, shim: str) -> None:
+    """body-error wraps call_next's body (0.15.0 - 0.18.0): closing the wrapper closes the body
+    inside it, as closing it unwrapped does; left suspended, trio reports it when collected."""
+    with shim_named(shim), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        outcome = run(stack(streams_chunks, closes_the_body_early), client_stays(), backend=backend)
+        gc.collect()
+
+    body = b"".join(m.get("body", b"") for m in outcome.messages if m["type"] == "http.response.body")
+    assert outcome.error is None and body == b"Custom"
+    assert not [str(w.message) for w in caught if "garbage collected" in str(w.message)]
