@@ -103,6 +103,10 @@ PIECES = (
     Piece("url-for", PASS_THROUGH, SECOND.first, SECOND.fixed, 0, "starlette#2672"),
     # The layer's body ends only when the inner app returns, after its background tasks (0.29.0).
     Piece("end-at-last", PASS_THROUGH, SECOND.first, (0, 29, 0), 0, "starlette#2194"),
+    # The layer's body ends at the inner app's last message, not one receive later when its
+    # stream closes (0.20.1): that receive let another request's task send first (1.10.0's
+    # test_do_not_block_on_background_tasks, 0.15.0 - 0.20.0).
+    Piece("end-at-last", AFTER_RESPONSE, (0, 15, 0), (0, 20, 1), 0, "starlette#1609"),
     # wait-sent holds the inner app's last message until the layer's response is sent, and 0.28.0
     # ends the layer's body only when the inner app returns: they would wait for each other.
     Piece("end-at-last", AFTER_RESPONSE, SECOND.first, (0, 29, 0), 0, "starlette#3476"),

@@ -256,6 +256,21 @@ def _release_waiting_sends(stream: MemoryObjectSendStream[Message]) -> bool:
     return True
 
 
+class _LastChunk(bytes):
+    """end-at-last: the body of the inner app's last message, as call_next's body yields it, so
+    that the layer's response stops reading there."""
+
+    # On 0.15.0 - 0.20.0 and 0.28.0 call_next's body ends only when its stream closes, so after
+    # the last chunk the layer's response asks for one more, and that receive's checkpoint lets
+    # another request's task send before this response's last message (1.10.0's
+    # test_do_not_block_on_background_tasks). 0.20.1 and 0.29.0 stop at the last message.
+
+    __slots__ = ()
+
+    def __bool__(self) -> bool:  # 0.28.0's body skips empty chunks, never the last one
+        return True
+
+
 class _Run:
     """One run of the inner app that call_next started, and what the layer knows of it.
 
@@ -383,7 +398,7 @@ class _Run:
         if pieces.file_body and message["type"] == "http.response.pathsend":
             # starlette#2649 (0.38.1 took the extension out of FileResponse again); 1.10.0 hands
             # the message on as the last of call_next's body, and the layer's response sends it
-            # as it is, for the server to send the file (_respond_passing_pathsend). call_next's
+            # as it is, for the server to send the file (_respond_as_newest). call_next's
             # body asserts body messages: it goes inside one, which body_stream yields as a
             # chunk, as 1.10.0's body_stream yields the message.
             self.over = True
@@ -400,6 +415,8 @@ class _Run:
         """The last body message; then the end of call_next's body (end-at-last), and the wait
         for the layer's response to be sent (wait-sent). One coroutine per response, none per chunk."""
         pieces = self._pieces
+        if pieces.end_at_last:
+            message = {**message, "body": _LastChunk(message.get("body", b""))}
         await self._send(message)
         if pieces.end_at_last:
             # starlette#919, #2194 (0.29.0): on 0.28.0 the layer's body ends only when the inner
@@ -424,11 +441,14 @@ class _Run:
         try:
             kind = message["type"]
             if kind == "http.response.body":
-                if self._pieces.skip_empty and not message.get("body"):
+                last = not message.get("more_body", False)
+                if last and self._pieces.end_at_last:
+                    await self._send({**message, "body": _LastChunk(message.get("body", b""))})
+                elif self._pieces.skip_empty and not message.get("body"):
                     await checkpoint()  # not passed on (skip-empty-chunks), still a checkpoint
                 else:
                     await self._send(message)
-                if not message.get("more_body", False):
+                if last:
                     self.over = True
                     # starlette#919: before 0.20.1 the layer's body ends only when this stream
                     # closes, which starlette does when the inner app returns, after its
@@ -521,7 +541,13 @@ async def _stream_then_finish(response: Any, send: Send, runs: list[_Run], call_
     # releases with finish-runs); _not_listening_class checks that the class streams with it.
     start = {"type": "http.response.start", "status": response.status_code, "headers": response.raw_headers}
     await send(start)
-    async for chunk in response.body_iterator:
+    body = response.body_iterator
+    async for chunk in body:
+        if type(chunk) is _LastChunk:  # end-at-last (0.15.0 - 0.20.0): no receive after it
+            if len(chunk):
+                await send({"type": "http.response.body", "body": bytes(chunk), "more_body": True})
+            await body.aclose()
+            break
         if not isinstance(chunk, bytes):
             chunk = chunk.encode(response.charset)
         await send({"type": "http.response.body", "body": chunk, "more_body": True})
@@ -665,7 +691,7 @@ def _seeing_responses(call_next: Any, layer: _StandIn) -> Any:
                 layer.kept += _frames_of_call_next(exc.__traceback__)
             raise
         if pieces.no_listen:
-            response.__class__ = _not_listening_class(type(response), pieces.file_body)
+            response.__class__ = _not_listening_class(type(response), pieces.file_body or pieces.end_at_last)
         if pieces.close_streams:
             layer.kept.append(response.body_iterator)
         return response
@@ -677,17 +703,17 @@ def _seeing_responses(call_next: Any, layer: _StandIn) -> Any:
 # 0.20.4, starlette.middleware.base._StreamingResponse on 0.28.0 - 0.38.2) -> its subclass of
 # the same name that does not listen, made once.
 _NOT_LISTENING: dict[type, type] = {}
-# file-body: the same, for the classes whose __call__ also sends a pathsend message it streams.
-_PASSING_PATHSEND: dict[type, type] = {}
+# file-body, end-at-last: the same, for the classes whose __call__ streams as 1.10.0's does.
+_AS_NEWEST: dict[type, type] = {}
 
 
-def _not_listening_class(cls: type, file_body: bool = False) -> type:
-    made = _PASSING_PATHSEND if file_body else _NOT_LISTENING
+def _not_listening_class(cls: type, as_newest: bool = False) -> type:
+    made = _AS_NEWEST if as_newest else _NOT_LISTENING
     quiet = made.get(cls)
     if quiet is None:
         respond = _respond_without_listening
-        if file_body and _streams_as_in_base(cls):
-            respond = _respond_passing_pathsend
+        if as_newest and _streams_as_in_base(cls):
+            respond = _respond_as_newest
         namespace = {"__call__": respond, "__module__": cls.__module__, "__slots__": ()}
         quiet = made[cls] = type(cls.__name__, (cls,), namespace)
         quiet.__qualname__ = cls.__qualname__
@@ -722,9 +748,9 @@ def _respond_without_listening(self: Any, scope: Any, receive: Receive, send: Se
 
 
 def _streams_as_in_base(cls: type) -> bool:
-    """file-body: whether `cls` streams with starlette.middleware.base._StreamingResponse's own
-    stream_response (0.36.0 - 0.38.0) over starlette.responses.StreamingResponse's, not with one
-    that others put over either (_respond_passing_pathsend does what the two do)."""
+    """file-body, end-at-last: whether `cls` streams with starlette.middleware.base's
+    _StreamingResponse.stream_response (0.28.0 - 0.38.2) over starlette.responses.StreamingResponse's,
+    not with one that others put over either (_respond_as_newest does what the two do)."""
     own = getattr(cls, "stream_response", None)
     inherited = getattr(super(cls, cls), "stream_response", None)
     return _is_function(own, "starlette.middleware.base", "_StreamingResponse.stream_response") and (
@@ -737,19 +763,26 @@ def _is_function(function: Any, module: str, qualname: str) -> bool:
     return named and getattr(function, "__module__", None) == module
 
 
-async def _respond_passing_pathsend(self: Any, scope: Any, receive: Receive, send: Send) -> None:
-    """no-listen and file-body: call_next's response as 0.36.0 - 0.38.0 stream it without the
-    disconnect listener, but a pathsend message in its body goes to the server as it is and ends
-    it, as in 1.10.0's _StreamingResponse.__call__."""
+async def _respond_as_newest(self: Any, scope: Any, receive: Receive, send: Send) -> None:
+    """no-listen with file-body or end-at-last: call_next's response as 0.28.0 - 0.38.0 stream it
+    without the disconnect listener, but as in 1.10.0's _StreamingResponse.__call__ a pathsend
+    message in its body goes to the server as it is and ends it (file-body), and the body ends at
+    the inner app's last message (end-at-last, 0.28.0)."""
     if self._info:
         await send({"type": "http.response.debug", "info": self._info})
     await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
     closes_body = True
-    async for chunk in self.body_iterator:
+    body = self.body_iterator
+    async for chunk in body:
         if isinstance(chunk, dict):  # the pathsend message (_Run._other): the file is the body
             closes_body = False
             await send(chunk)
             continue
+        if type(chunk) is _LastChunk:  # no receive after it (see _LastChunk)
+            if len(chunk):
+                await send({"type": "http.response.body", "body": bytes(chunk), "more_body": True})
+            await body.aclose()
+            break
         if not isinstance(chunk, bytes):
             chunk = chunk.encode(self.charset)
         await send({"type": "http.response.body", "body": chunk, "more_body": True})

@@ -139,7 +139,7 @@ def test_a_stream_response_that_others_patched_sends_call_next_s_body(
     if "starlette_shield_patch._shield" in sys.modules:  # the classes made before the wrapper came
         shield = sys.modules["starlette_shield_patch._shield"]
         monkeypatch.setattr(shield, "_NOT_LISTENING", {})
-        monkeypatch.setattr(shield, "_PASSING_PATHSEND", {})
+        monkeypatch.setattr(shield, "_AS_NEWEST", {})
         monkeypatch.setattr(shield, "_STREAMED_HERE", set())
 
     outcome = run(stack(answers_after(0.0), pass_through), CountingClient().receive, backend=backend)
