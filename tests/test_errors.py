@@ -371,9 +371,7 @@ def test_requests_one_after_another_in_one_task_get_their_own_answers(backend: s
 async def closes_the_body_early(request: Request, call_next: CallNext) -> Response:
     """1.10.0's test_app_receives_http_disconnect_while_sending_if_discarded: one chunk of
     call_next's body, then the body closed and an answer of its own."""
-    response = await call_next(request)
-    assert isinstance(response, StreamingResponse)
-    body: Any = response.body_iterator  # call_next's body_stream, an async generator
+    body: Any = getattr(await call_next(request), "body_iterator")  # noqa: B009  # call_next's body_stream
     try:
         await body.__anext__()
     finally:

@@ -201,6 +201,10 @@ def loses_the_context(kind: str, where: str, backend: str) -> bool | None:
     return COLLAPSES_OR_WRAPS_GROUPS or (kind == "with-context" and ANYIO_MAJOR < 4 and backend == "asyncio")
 
 
+# 1.10.0 itself, with two layers or more, shows the inner layer's group above the error (asyncio:
+# "unhandled errors in a TaskGroup", trio: "Exceptions from Trio nursery"; seen in CI on Python
+# 3.13): own-context keeps the error's own at every depth on the releases the shim patches.
+@pytest.mark.skipif(not STARLETTE_AFFECTED, reason="the shim patches the affected releases only")
 @pytest.mark.parametrize("layers", [1, 2, 3, 4])
 @pytest.mark.parametrize("where", ["endpoint", "body", "streamed-body"])
 @pytest.mark.parametrize("kind", ["without-context", "with-context", "with-cause"])

@@ -18,7 +18,6 @@ from starlette.responses import PlainTextResponse, Response
 from conftest import shim_named, shim_state
 from tests.asgi import (
     STARLETTE_AFFECTED,
-    STARLETTE_HAS_ANYIO,
     STARLETTE_RELEASE,
     CallNext,
     Message,
@@ -30,7 +29,9 @@ from tests.asgi import (
     stack,
 )
 
-pytestmark = pytest.mark.skipif(not STARLETTE_HAS_ANYIO, reason="needs an anyio BaseHTTPMiddleware")
+# Where the shim does not patch, upstream's own reading of the body is not this module's subject:
+# 0.21.0 - 0.27.x have #1692, 0.38.3 - 1.7.x #3628, and 1.10.0 differs where the shim goes further.
+pytestmark = pytest.mark.skipif(not STARLETTE_AFFECTED, reason="the shim patches the affected releases only")
 
 # 0.28.0 (#1692) reads the inner app's receive through the dispatch's Request.
 SHARED_FROM = (0, 28, 0)
