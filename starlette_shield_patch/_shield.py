@@ -1093,7 +1093,10 @@ def _raise_uncollapsed(exc: BaseException) -> None:
         raise error from (None if origin is group else origin)
     if isinstance(exc, _BaseExceptionGroup):  # the layer's task group's (0.19 - 0.20.4, 0.28 - 0.30)
         error = _unwrap(exc)
-        if error is not exc:  # else a group of several, or not starlette's
+        # pragma below: on these releases call_next's task keeps the inner app's error, so what
+        # leaves the layer's task group is its group of one around the host's; a group it does
+        # not know (several, or not starlette's) goes on as it is.
+        if error is not exc:  # pragma: no branch
             raise error from _origin(error)
 
 
