@@ -180,6 +180,27 @@ class ClosesAfterResponse:
         return {"type": "http.disconnect"}
 
 
+def chunked_client(*chunks: bytes, then: str = "wait") -> Receive:
+    """A client's receive(): the body in `chunks`, then "wait" (for ever), "disconnect" or "fail"
+    (1.10.0's tests: a receive() that must not be called)."""
+    messages = [
+        {"type": "http.request", "body": chunk, "more_body": number < len(chunks) - 1}
+        for number, chunk in enumerate(chunks)
+    ]
+
+    async def receive() -> Message:
+        if messages:
+            return messages.pop(0)
+        if then == "disconnect":
+            return {"type": "http.disconnect"}
+        if then == "fail":
+            raise AssertionError("receive() called once more")
+        await anyio.Event().wait()
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    return receive
+
+
 def client_reads_then_closes(body: bytes = b"hello") -> Receive:
     return ClosesAfterResponse(body).receive
 

@@ -10,7 +10,6 @@ import gc
 import warnings
 from typing import Iterator
 
-import anyio
 import pytest
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
@@ -24,6 +23,7 @@ from tests.asgi import (
     Receive,
     Scope,
     Send,
+    chunked_client,
     pass_through,
     run,
     stack,
@@ -46,27 +46,6 @@ def shim(request: pytest.FixtureRequest) -> Iterator[str]:
 def as_newest(shim: str) -> bool:
     """Whether this run shares the body as 1.10.0 does."""
     return STARLETTE_RELEASE >= SHARED_FROM or (shim == "patched" and STARLETTE_AFFECTED)
-
-
-def client_of(*chunks: bytes, then: str = "wait") -> Receive:
-    """A client's receive(): the body in `chunks`, then "wait" (for ever), "disconnect" or "fail"
-    (1.10.0's tests: a receive() that must not be called)."""
-    messages = [
-        {"type": "http.request", "body": chunk, "more_body": number < len(chunks) - 1}
-        for number, chunk in enumerate(chunks)
-    ]
-
-    async def receive() -> Message:
-        if messages:
-            return messages.pop(0)
-        if then == "disconnect":
-            return {"type": "http.disconnect"}
-        if then == "fail":
-            raise AssertionError("receive() called once more")
-        await anyio.Event().wait()
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    return receive
 
 
 async def reads_body(scope: Scope, receive: Receive, send: Send) -> None:
@@ -101,7 +80,7 @@ def test_a_stream_after_call_next_says_stream_consumed(
         return response
 
     app = stack(reads_body if app_reads == "body" else reads_stream, *[streams_after] * layers)
-    outcome = run(app, client_of(b"a"), backend=backend, timeout=5.0 if as_newest(shim) else 0.2)
+    outcome = run(app, chunked_client(b"a"), backend=backend, timeout=5.0 if as_newest(shim) else 0.2)
     if not as_newest(shim):
         assert outcome.timed_out, outcome  # the dispatch's stream() waits for a body the app took
         return
@@ -132,7 +111,7 @@ def test_the_app_gets_the_chunks_a_partial_stream_left(shim: str, backend: str, 
     app = stack(endpoint, wraps, *[pass_through] * (layers - 1))
     # "wait": unpatched, call_next's response listens for the disconnect (1.10.0 does not).
     steals = layers > 1 and shim == "unpatched" and STARLETTE_AFFECTED
-    outcome = run(app, client_of(b"1", b"2", b"3"), backend=backend, timeout=0.2 if steals else 5.0)
+    outcome = run(app, chunked_client(b"1", b"2", b"3"), backend=backend, timeout=0.2 if steals else 5.0)
     if steals:
         # Unpatched, the inner layer's response listens for the disconnect (starlette#2620) and
         # takes the last chunk: the dispatch's stream() waits for it (0.15 - 0.20.4) or ends
@@ -159,7 +138,7 @@ def test_the_app_may_read_the_rest_after_a_partial_stream(shim: str, backend: st
 
     outcome = run(
         stack(reads_body, wraps),
-        client_of(b"1", b"2"),
+        chunked_client(b"1", b"2"),
         backend=backend,
         timeout=5.0 if as_newest(shim) else 0.2,
     )
@@ -193,7 +172,7 @@ def test_what_the_app_reads_after_the_dispatch_read(
         return await call_next(request)
 
     app = stack(reads_body if app_reads == "body" else reads_stream, reads)
-    outcome = run(app, client_of(b"a"), backend=backend, timeout=5.0 if as_newest(shim) else 0.2)
+    outcome = run(app, chunked_client(b"a"), backend=backend, timeout=5.0 if as_newest(shim) else 0.2)
     if not as_newest(shim):
         assert outcome.timed_out, outcome
         return
@@ -218,7 +197,7 @@ def test_the_dispatch_reads_its_body_again_after_call_next(shim: str, backend: s
 
     outcome = run(
         stack(reads_body, reads_twice),
-        client_of(b"a"),
+        chunked_client(b"a"),
         backend=backend,
         timeout=5.0 if as_newest(shim) else 0.2,
     )
@@ -243,7 +222,7 @@ def test_the_dispatch_hears_the_disconnect_the_app_got(shim: str, backend: str) 
         heard.append(await request.is_disconnected())
         return response
 
-    gone = client_of(then="fail")
+    gone = chunked_client(then="fail")
 
     async def receive() -> Message:  # says http.disconnect once, then fails
         nonlocal gone
@@ -276,7 +255,7 @@ def test_the_app_hears_the_disconnect_the_dispatch_got(shim: str, backend: str) 
 
     outcome = run(
         stack(endpoint, reads),
-        client_of(b"hi", then="disconnect"),
+        chunked_client(b"hi", then="disconnect"),
         backend=backend,
         timeout=5.0 if as_newest(shim) else 0.2,
     )
@@ -314,7 +293,7 @@ def test_a_receive_below_the_layer_sees_the_body(shim: str, backend: str, dispat
 
     app = stack(doubles(reads_body), reads)  # type: ignore[arg-type]
     timeout = 5.0 if as_newest(shim) or not dispatch_reads else 0.2
-    outcome = run(app, client_of(b"foo "), backend=backend, timeout=timeout)
+    outcome = run(app, chunked_client(b"foo "), backend=backend, timeout=timeout)
     if dispatch_reads and not as_newest(shim):
         assert outcome.timed_out, outcome
         return
@@ -346,7 +325,7 @@ def test_without_the_after_response_fix_the_inner_receive_tells_the_dispatch(
 
     with shim_state(True, after_response=False):
         app = stack(reads_body if app_reads == "body" else first_chunk, streams_after)
-        outcome = run(app, client_of(b"a", b"b"), backend=backend)
+        outcome = run(app, chunked_client(b"a", b"b"), backend=backend)
     assert outcome.clean, outcome
     # The app read it all: the dispatch is told; it read one chunk: the dispatch reads the rest.
     assert said == (["Stream consumed"] if app_reads == "body" else ["b"])
@@ -375,7 +354,7 @@ def test_no_request_stream_is_left_for_the_collector(
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         hangs = dispatch_reads and not as_newest(shim)  # starlette#1692, above
-        outcome = run(app, client_of(b"a"), backend=backend, timeout=0.2 if hangs else 5.0)
+        outcome = run(app, chunked_client(b"a"), backend=backend, timeout=0.2 if hangs else 5.0)
         gc.collect()
     assert outcome.timed_out if hangs else outcome.clean, outcome
     left = [w for w in caught if "Request.stream" in str(w.message)]
@@ -404,7 +383,7 @@ def test_call_next_again_after_the_dispatch_read_the_rest(shim: str, backend: st
         return await call_next(request)
 
     timeout = 5.0 if as_newest(shim) else 0.2
-    outcome = run(stack(endpoint, twice), client_of(b"1", b"2", b"3"), backend=backend, timeout=timeout)
+    outcome = run(stack(endpoint, twice), chunked_client(b"1", b"2", b"3"), backend=backend, timeout=timeout)
     if not as_newest(shim):
         assert outcome.timed_out, outcome  # the second app waits for a body the dispatch took
         return
@@ -432,7 +411,7 @@ def test_a_full_stream_below_another_middlewares_receive(shim: str, backend: str
 
     inner = stack(reads_body, streams)
     app = stack(relays(inner), pass_through)  # type: ignore[arg-type]
-    outcome = run(app, client_of(b"a", b"b"), backend=backend, timeout=5.0 if as_newest(shim) else 0.2)
+    outcome = run(app, chunked_client(b"a", b"b"), backend=backend, timeout=5.0 if as_newest(shim) else 0.2)
     if not as_newest(shim):
         assert outcome.timed_out, outcome
         return
@@ -449,7 +428,7 @@ def test_the_app_hears_a_disconnect_mid_body_again(shim: str, backend: str) -> N
         heard.extend([(await receive())["type"] for _ in range(3)])
         await Response()(scope, receive, send)
 
-    client = client_of(b"a", b"never sent", then="disconnect")
+    client = chunked_client(b"a", b"never sent", then="disconnect")
 
     async def leaves_after_the_first_chunk() -> Message:
         message = await client()

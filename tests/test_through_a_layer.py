@@ -38,6 +38,7 @@ from tests.asgi import (
     Receive,
     Scope,
     Send,
+    chunked_client,
     http_scope,
     is_last,
     pass_through,
@@ -78,24 +79,6 @@ def sent_body(messages: list[Message]) -> bytes:
 
 # 0.21 - 0.27 have the defect too; the shim leaves them alone (they have the disconnect fix).
 BODY_READ_FIXED_IN = (0, 28, 0)
-
-
-def chunked_client(*chunks: bytes, then: str = "wait") -> Receive:
-    """A client's receive(): the body in `chunks`, then "wait" (for ever) or "disconnect"."""
-    messages = [
-        {"type": "http.request", "body": chunk, "more_body": number < len(chunks) - 1}
-        for number, chunk in enumerate(chunks)
-    ]
-
-    async def receive() -> Message:
-        if messages:
-            return messages.pop(0)
-        if then == "disconnect":
-            return {"type": "http.disconnect"}
-        await anyio.Event().wait()
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    return receive
 
 
 async def echoes_body(scope: Scope, receive: Receive, send: Send) -> None:
