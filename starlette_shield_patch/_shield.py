@@ -178,15 +178,31 @@ def _call_next_stream(send: Send) -> MemoryObjectSendStream[Message] | None:
     return None  # pragma: no cover  # every release from 0.15 on hands call_next one of the two
 
 
+# _cell: (id of a code object, a free variable's name) -> (that code object, the index of its cell)
+_CELL_INDEX: dict[tuple[int, str], tuple[Any, int]] = {}
+
+
+def _cell(function: Any, name: str) -> Any:
+    """The cell of `function`'s closure that holds its free variable `name`, or None."""
+    # starlette's __call__ makes its closures anew for each request, over the same code objects:
+    # the index is looked up once per code object. Not keyed by the code object itself: hashing
+    # one hashes its constants, nested code objects too (measured: 10k instructions per request
+    # for call_next's).
+    code = getattr(function, "__code__", None)
+    key = (id(code), name)
+    known = _CELL_INDEX.get(key)
+    if known is None or known[0] is not code:
+        if code is None or name not in code.co_freevars:  # pragma: no cover  # every such release
+            return None
+        known = _CELL_INDEX[key] = (code, code.co_freevars.index(name))
+    return function.__closure__[known[1]]
+
+
 def _response_sent(receive: Any) -> Any:
     """wait-sent: starlette's `response_sent` event (0.28.0 and later) from the receive that
-    call_next hands the inner app (receive_or_disconnect, a closure over it)."""
-    code = getattr(receive, "__code__", None)
-    if code is None or "response_sent" not in code.co_freevars:  # pragma: no cover  # every such release
-        sent = Event()  # not found: no wait, as unpatched
-        sent.set()
-        return sent
-    return receive.__closure__[code.co_freevars.index("response_sent")].cell_contents
+    call_next hands the inner app (receive_or_disconnect, a closure over it), or None."""
+    cell = _cell(receive, "response_sent")
+    return None if cell is None else cell.cell_contents
 
 
 def _start_first(send: Send) -> Send:
@@ -426,8 +442,12 @@ class _Run:
             # starlette#3476 (1.7.0): the inner app's work after its response (background tasks)
             # starts only once the layer has sent its own response, as 1.10.0's send_no_error
             # waits for `response_sent` after the last body message or pathsend. starlette's own
-            # event: no event of ours.
-            await _response_sent(self._receive).wait()
+            # event: no event of ours. Mostly it is set by now (the layer sent its response while
+            # this send waited for its turn): then no wait, whose checkpoint would cost the inner
+            # app one more turn of the event loop.
+            sent = _response_sent(self._receive)
+            if sent is not None and not sent.is_set():
+                await sent.wait()
 
     async def send(self, message: Message) -> None:
         """The inner app's send (finish-runs): call_next's, start first; dropped once the response
@@ -575,10 +595,10 @@ def _cancel_only_if_busy(call_next: Any) -> None:
     # instructions of a plain request through one layer; 16k on anyio 3). 0.15 - 0.20.4, the
     # releases with finish-runs, all make it right after the response, with no await between:
     # the group's cancel_scope is swapped for one whose cancel() only puts the real one back.
-    code = getattr(call_next, "__code__", None)
-    if code is None or "task_group" not in code.co_freevars:  # pragma: no cover  # every such release
+    cell = _cell(call_next, "task_group")
+    if cell is None:  # pragma: no cover  # every such release
         return
-    group = call_next.__closure__[code.co_freevars.index("task_group")].cell_contents
+    group = cell.cell_contents
     if _idle(group):
         group.cancel_scope = _CancelSkipped(group, group.cancel_scope)
 
@@ -963,19 +983,12 @@ def _receive_closing_streams(request: Any, call_next: Any) -> None:
     # layer and request (a PytestUnraisableExceptionWarning under pytest). __call__ reads
     # `wrapped_receive` from a cell that call_next closes over; it is swapped for the same code
     # with the stream closed, as 1.8.0 closes it (aclosing).
-    code = getattr(call_next, "__code__", None)
-    if code is None or getattr(type(request), "wrapped_receive", None) is not _cached_wrapped_receive():
+    if getattr(type(request), "wrapped_receive", None) is not _cached_wrapped_receive():
         return  # pragma: no cover  # every release with the piece
-    index = _WRAPPED_RECEIVE_CELL.get(code)
-    if index is None:
-        index = _WRAPPED_RECEIVE_CELL[code] = code.co_freevars.index("wrapped_receive")
-    cell = call_next.__closure__[index]
-    if getattr(cell.cell_contents, "__self__", None) is not request:  # pragma: no cover  # see above
-        return
+    cell = _cell(call_next, "wrapped_receive")
+    if cell is None or getattr(cell.cell_contents, "__self__", None) is not request:  # pragma: no cover
+        return  # see above
     cell.cell_contents = MethodType(_wrapped_receive_closing, request)
-
-
-_WRAPPED_RECEIVE_CELL: dict[Any, int] = {}  # close-request-streams: call_next's code -> its cell
 
 
 def _cached_wrapped_receive() -> Any:
