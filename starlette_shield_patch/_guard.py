@@ -46,7 +46,8 @@ class Piece(NamedTuple):
 
 
 # The one table: which releases, with which anyio, need which piece. Each piece is one piece of
-# code in _shield.py, under the same name; the fixes a user turns off take their pieces with them.
+# code in the _shield module of its fix, under the same name; the fixes a user turns off take
+# their pieces with them.
 PIECES = (
     Piece("start-first", RESPONSE_START, FIRST.first, FIRST.fixed, 0, "starlette#1634"),
     Piece("start-first", RESPONSE_START, SECOND.first, SECOND.fixed, 0, "starlette#2516"),

@@ -129,11 +129,11 @@ class _Lifecycle:
                 return
             import wrapt
 
-            from . import _shield
+            from ._shield import path
 
             cls = module.BaseHTTPMiddleware
             original = cls.__dict__["__call__"]
-            wrapper = wrapt.FunctionWrapper(original, _shield.wrapper_for(original))
+            wrapper = wrapt.FunctionWrapper(original, path.wrapper_for(original))
             setattr(cls, "__call__", wrapper)  # noqa: B010  # a class attribute, by name
             why = f": {verdict.reason}" if verdict.affected else f" with force=True: {verdict.reason}"
             pieces = verdict.pieces if verdict.affected else forced_pieces()
@@ -224,9 +224,10 @@ def wanted_fixes(*, after_response: bool, errors: bool, pass_through: bool) -> t
 
 def _request_path(pieces: tuple[str, ...] | None) -> None:
     """The one writer of what the request path reads: the pieces it runs, or none at all."""
-    from . import _shield  # loaded already: the installed wrapper comes from it
+    from ._shield import path  # loaded already: the installed wrapper comes from it
+    from ._shield.pieces import InForce
 
-    _shield.in_force = None if pieces is None else _shield.InForce(pieces)
+    path.in_force = None if pieces is None else InForce(pieces)
 
 
 def _anyio_major() -> int:

@@ -114,11 +114,12 @@ def test_force_applies_outside_the_range(
 @only_affected
 def test_the_stand_in_self_lends_every_other_attribute_of_the_middleware(original: Any) -> None:
     """A forced or unknown release may read more of `self` than dispatch_func and app."""
-    from starlette_shield_patch import _shield
+    from starlette_shield_patch._shield import path
+    from starlette_shield_patch._shield.pieces import InForce
 
     middleware = BaseHTTPMiddleware(reads_body_then_answers(), dispatch=pass_through)
     for pieces in ((), ("start-first",), ("start-first", "finish-runs", "own-error")):
-        stand_in = _shield._StandIn(middleware, _shield.InForce(pieces), send=None)  # type: ignore[arg-type]
+        stand_in = path._StandIn(middleware, InForce(pieces), send=None)  # type: ignore[arg-type]
         assert stand_in.dispatch == middleware.dispatch
 
 

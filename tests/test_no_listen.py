@@ -136,8 +136,9 @@ def test_a_stream_response_that_others_patched_sends_call_next_s_body(
         await original(self, send)
 
     monkeypatch.setattr(StreamingResponse, "stream_response", counted)
-    if "starlette_shield_patch._shield" in sys.modules:  # the classes made before the wrapper came
-        shield = sys.modules["starlette_shield_patch._shield"]
+    made_by = "starlette_shield_patch._shield.after_response"
+    if made_by in sys.modules:  # the classes made before the wrapper came
+        shield = sys.modules[made_by]
         monkeypatch.setattr(shield, "_NOT_LISTENING", {})
         monkeypatch.setattr(shield, "_AS_NEWEST", {})
         monkeypatch.setattr(shield, "_STREAMED_HERE", set())

@@ -29,7 +29,14 @@ PACKAGE = {
         "_guard.py",
         "_patch.py",
         "_selftest.py",
-        "_shield.py",
+        "_shield/__init__.py",
+        "_shield/after_response.py",
+        "_shield/errors.py",
+        "_shield/pass_through.py",
+        "_shield/path.py",
+        "_shield/pieces.py",
+        "_shield/response_start.py",
+        "_shield/run.py",
         "py.typed",
     )
 }

@@ -1,0 +1,331 @@
+"""The after-response fix (starlette#1438, #3476, #2620 on 0.15 - 0.20.4): the inner app's runs
+finish once the layer's response is sent (finish-runs), and start their work after it then (wait-sent);
+call_next's response does not listen for the disconnect (no-listen, shared with response_start)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Awaitable
+
+from anyio import BrokenResourceError, CancelScope, ClosedResourceError, Event
+from anyio.lowlevel import checkpoint
+from anyio.streams.memory import MemoryObjectSendStream
+
+from .errors import _raise_kept
+from .pass_through import _LastChunk, _note
+from .pieces import Message, Receive, Send, _cell
+from .response_start import _deliver_start
+
+if TYPE_CHECKING:
+    from .run import _Run
+
+
+def _response_sent(receive: Any) -> Any:
+    """wait-sent: starlette's `response_sent` event (0.28.0 and later) from the receive that
+    call_next hands the inner app (receive_or_disconnect, a closure over it), or None."""
+    cell = _cell(receive, "response_sent")
+    return None if cell is None else cell.cell_contents
+
+
+def _release_waiting_sends(stream: MemoryObjectSendStream[Message]) -> bool:
+    """Let every send waiting on `stream` return as if received, its message dropped."""
+    # 0.21.0 closes the receiving end once the response is sent, so a send that nobody will read
+    # fails and is dropped. We cannot reach call_next's receiving end, so we do what its
+    # receive_nowait() does with a waiting sender, minus keeping the item: MemoryObjectStreamState
+    # has had `waiting_senders` (Event -> item) from anyio 3.0 to 4.x; both of starlette 0.15 -
+    # 0.20's anyio majors are in the test matrix.
+    waiting = getattr(getattr(stream, "_state", None), "waiting_senders", None)
+    if waiting is None:  # pragma: no cover  # an anyio that changed its internals: as unpatched
+        return False
+    while waiting:
+        event, _ = waiting.popitem(last=False)
+        event.set()
+    return True
+
+
+async def _run_send(run: _Run, message: Message) -> None:
+    """The inner app's send (finish-runs): call_next's, start first; dropped once the response
+    is over."""
+    if run.over:
+        # As 0.21.0: nobody reads what an inner app sends once its response is over. Still a
+        # checkpoint, as anyio's send is: an app that sends in a loop until it is told of the
+        # disconnect must not keep the event loop from telling it.
+        await checkpoint()
+        return
+    try:
+        kind = message["type"]
+        if kind == "http.response.body":
+            last = not message.get("more_body", False)
+            if last and run._pieces.end_at_last:
+                await run._send({**message, "body": _LastChunk(message.get("body", b""))})
+            elif run._pieces.skip_empty and not message.get("body"):
+                await checkpoint()  # not passed on (skip-empty-chunks), still a checkpoint
+            else:
+                await run._send(message)
+            if last:
+                run.over = True
+                # starlette#919: before 0.20.1 the layer's body ends only when this stream
+                # closes, which starlette does when the inner app returns, after its
+                # background work. Close it now.
+                await run._stream.aclose()
+                if not run.detached:
+                    # wait-sent (starlette#3476, 1.7.0; with finish-runs on the same
+                    # releases, in the same fix): its work after the response starts once
+                    # the layer's response is sent: finish() says so. 0.15 - 0.20.4 have no
+                    # response_sent: one event per run.
+                    run._sent = Event()
+                    await run._sent.wait()
+            return
+        if kind == "http.response.start":
+            run.started = True
+            await _deliver_start(run._stream, message, run._send)
+            return
+        await run._other(message)
+    except (BrokenResourceError, ClosedResourceError):
+        # The layer stopped reading (its response was cut short, or is done and finish()
+        # closed the stream): dropped, as 0.21.0 drops it.
+        run.over = True
+
+
+async def _run_receive(run: _Run) -> Message:
+    """The inner app's receive (finish-runs): the request's, or http.disconnect once detached."""
+    if run.detached:
+        return {"type": "http.disconnect"}
+    with CancelScope() as waiting:
+        if run._receiving is None:
+            run._receiving = set()
+        run._receiving.add(waiting)
+        try:
+            message = await run._receive()
+        finally:
+            run._receiving.discard(waiting)
+        if run.noted is not None:
+            _note(run.noted, message)
+        return message
+    return {"type": "http.disconnect"}  # detached while it waited (cancelled by finish())
+
+
+async def _run_finish(run: _Run) -> None:
+    """Called once the layer's response is sent, while the inner app still runs: wait for it
+    instead of letting starlette cancel it."""
+    if not run.started or not _release_waiting_sends(run._stream):
+        return  # starlette cancels it next, as unpatched
+    run.over = run.detached = True
+    # A send that was past its checkpoint meets a closed stream and is dropped.
+    await run._stream.aclose()
+    for waiting in run._receiving or ():
+        waiting.cancel()
+    if run._sent is not None:
+        # wait-sent: it waits for this after its last body message. Most runs then return at
+        # once (nothing to do after the response): one checkpoint lets them, and spares the
+        # event below.
+        run._sent.set()
+        await checkpoint()
+        if run.ended:
+            return
+    run._on_end = Event()
+    await run._on_end.wait()
+
+
+class _ThenFinish:
+    """finish-runs: the layer's response; once it is sent, the inner app's runs finish before
+    starlette cancels them."""
+
+    __slots__ = ("_call_next", "_response", "_runs")
+
+    def __init__(self, response: Any, runs: list[_Run], call_next: Any) -> None:
+        self._response = response
+        self._runs = runs
+        self._call_next = call_next  # starlette's own
+
+    def __call__(self, scope: Any, receive: Receive, send: Send) -> Awaitable[None]:
+        # A plain function: call_next's own response streams in the coroutine that then finishes
+        # the runs, so each resume of the layer's task passes through one frame fewer.
+        response = self._response
+        if type(response) in _STREAMED_HERE:
+            return _stream_as_newest(response, send, None, self._runs, self._call_next)
+        return self._respond_then_finish(scope, receive, send)
+
+    async def _respond_then_finish(self, scope: Any, receive: Receive, send: Send) -> None:
+        await self._response(scope, receive, send)
+        await _finish(self._runs, self._call_next)
+
+
+def _respond_as_newest(self: Any, scope: Any, receive: Receive, send: Send) -> Awaitable[None]:
+    """no-listen with file-body or end-at-last: the __call__ of call_next's response on 0.28.0 -
+    0.38.2 (_streams_as_in_base), as _stream_as_newest sends it."""
+    return _stream_as_newest(self, send, self._info, None, None)
+
+
+async def _stream_as_newest(
+    response: Any, send: Send, info: Any, runs: list[_Run] | None, call_next: Any
+) -> None:
+    """no-listen: call_next's response as 1.10.0's _StreamingResponse.__call__ sends it, without
+    the disconnect listener; then, with finish-runs, the runs finish."""
+    # StreamingResponse.stream_response, the same in every release from 0.15.0 to 0.20.4 (the
+    # releases with finish-runs: _not_listening_class checks that the class streams with it),
+    # and 0.28.0 - 0.38.2's _StreamingResponse.stream_response over it, with its debug info first;
+    # as in 1.10.0, a pathsend message in the body goes to the server as it is and ends it
+    # (file-body), and the body ends at the inner app's last message (end-at-last).
+    if info:
+        await send({"type": "http.response.debug", "info": info})
+    start = {"type": "http.response.start", "status": response.status_code, "headers": response.raw_headers}
+    await send(start)
+    closes_body = True
+    body = response.body_iterator
+    async for chunk in body:
+        if type(chunk) is _LastChunk:  # end-at-last: no receive after it (see _LastChunk)
+            if len(chunk):
+                await send({"type": "http.response.body", "body": bytes(chunk), "more_body": True})
+            await body.aclose()
+            break
+        if not isinstance(chunk, bytes):
+            if isinstance(chunk, dict):  # file-body: the pathsend message (_Run._other) is the body
+                closes_body = False
+                await send(chunk)
+                continue
+            chunk = chunk.encode(response.charset)
+        await send({"type": "http.response.body", "body": chunk, "more_body": True})
+    if closes_body:
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+    if response.background is not None:  # set by the dispatch: after the body, as no-listen runs it
+        await response.background()
+    if runs is not None:
+        await _finish(runs, call_next)
+
+
+async def _finish(runs: list[_Run], call_next: Any) -> None:
+    """finish-runs: once the layer's response is sent, wait for the runs that are still going,
+    raise what they kept, and let starlette cancel only what is left."""
+    for run in runs:
+        if not run.ended:  # most have returned already, and cost no coroutine here
+            await run.finish()
+    _raise_kept(runs)
+    _cancel_only_if_busy(call_next)
+
+
+def _cancel_only_if_busy(call_next: Any) -> None:
+    """finish-runs: starlette's next step, `task_group.cancel_scope.cancel()`, is made only where
+    a task of the layer's task group is still going (a run that never started its response)."""
+    # Once every run has finished, that cancel can stop nothing: the layer's own task is at the
+    # end of its `async with` block. It is still dear on anyio 4 (measured: 82k of the 984k
+    # instructions of a plain request through one layer; 16k on anyio 3). 0.15 - 0.20.4, the
+    # releases with finish-runs, all make it right after the response, with no await between:
+    # the group's cancel_scope is swapped for one whose cancel() only puts the real one back.
+    cell = _cell(call_next, "task_group")
+    if cell is None:  # pragma: no cover  # every such release
+        return
+    group = cell.cell_contents
+    if _idle(group):
+        group.cancel_scope = _CancelSkipped(group, group.cancel_scope)
+
+
+def _idle(group: Any) -> bool:
+    """Whether every task that the task group `group` started has ended. Read from anyio's
+    internals where they are known; anything else counts as busy (cancelled, as unpatched)."""
+    tasks = getattr(group, "_tasks", None)
+    if tasks is not None:  # asyncio, anyio >= 4.2: the group's own tasks
+        return all(task.done() for task in tasks)
+    nursery = getattr(group, "_nursery", None)
+    if nursery is not None:  # trio: its child tasks leave the nursery as they end
+        return not nursery.child_tasks
+    scope = group.cancel_scope
+    tasks = getattr(scope, "_tasks", None)
+    # asyncio, anyio < 4.2: the scope's tasks are its host and every task the group started,
+    # wherever they are; from 4.2 on (where the group has _tasks) a task in a nested scope leaves
+    # them, which `_child_scopes` tells.
+    if tasks is None or hasattr(scope, "_child_scopes"):  # pragma: no cover  # an anyio we do not know
+        return False
+    host = scope._host_task
+    return all(task is host or task.done() for task in tasks)
+
+
+class _CancelSkipped:
+    """finish-runs: the cancel scope of an idle task group, until starlette cancels it."""
+
+    __slots__ = ("_group", "_scope")
+
+    def __init__(self, group: Any, scope: Any) -> None:
+        self._group = group
+        self._scope = scope
+
+    def cancel(self, *args: Any) -> None:
+        # The group gets its own scope back before anything else can read it; nothing to cancel.
+        self._group.cancel_scope = self._scope
+
+    def __getattr__(self, name: str) -> Any:  # pragma: no cover  # starlette calls cancel() at once
+        return getattr(self._scope, name)
+
+
+async def _then_finish(response: Awaitable[Any], runs: list[_Run], call_next: Any) -> _ThenFinish:
+    return _ThenFinish(await response, runs, call_next)
+
+
+# no-listen: the class of call_next's response (starlette.responses.StreamingResponse on 0.15.0 -
+# 0.20.4, starlette.middleware.base._StreamingResponse on 0.28.0 - 0.38.2) -> its subclass of
+# the same name that does not listen, made once.
+_NOT_LISTENING: dict[type, type] = {}
+# file-body, end-at-last: the same, for the classes whose __call__ streams as 1.10.0's does.
+_AS_NEWEST: dict[type, type] = {}
+
+
+def _not_listening_class(cls: type, as_newest: bool = False) -> type:
+    made = _AS_NEWEST if as_newest else _NOT_LISTENING
+    quiet = made.get(cls)
+    if quiet is None:
+        respond = _respond_without_listening
+        if as_newest and _streams_as_in_base(cls):
+            respond = _respond_as_newest
+        namespace = {"__call__": respond, "__module__": cls.__module__, "__slots__": ()}
+        quiet = made[cls] = type(cls.__name__, (cls,), namespace)
+        quiet.__qualname__ = cls.__qualname__
+        stream_response = getattr(cls, "stream_response", None)
+        if getattr(stream_response, "__qualname__", None) == "StreamingResponse.stream_response" and (
+            getattr(stream_response, "__module__", None) == "starlette.responses"
+        ):
+            _STREAMED_HERE.add(quiet)
+    return quiet
+
+
+# finish-runs: the not-listening classes whose body _stream_as_newest sends: those that stream
+# with starlette.responses.StreamingResponse's own stream_response, not with one that others put
+# over it before the first request (one put there later is not seen).
+_STREAMED_HERE: set[type] = set()
+
+
+def _respond_without_listening(self: Any, scope: Any, receive: Receive, send: Send) -> Awaitable[None]:
+    """no-listen: StreamingResponse.__call__ of 0.15.0 - 0.38.2 without its disconnect listener."""
+    # starlette#2516, #2620 (0.38.3): call_next's response ran a task that listens for the
+    # disconnect beside the one that streams, in every layer: on disconnect each layer cancelled
+    # its own streaming, and with four or more layers one cancelled before the start it had to
+    # pass on ("No response returned."); on 0.15 - 0.20.4 starlette then cancelled the inner
+    # app's work. 0.38.3 and later only stream it: the inner app hears the disconnect itself (its
+    # receive), and its end ends this body. The task group and its listener were most of what a
+    # layer cost (0.38.3 is 35% cheaper than 0.37.2 per request).
+    if self.background is None:
+        # A plain function that returns stream_response's coroutine: while the body streams,
+        # every resume of the layer's task passes through one frame fewer.
+        return self.stream_response(send)  # type: ignore[no-any-return]
+    return _stream_then_background(self, send)
+
+
+async def _stream_then_background(response: Any, send: Send) -> None:
+    """no-listen: the body, then the background task that a dispatch set on call_next's response
+    (0.38.3 and 0.38.4 drop it; 0.38.5 and later run it)."""
+    await response.stream_response(send)
+    await response.background()
+
+
+def _streams_as_in_base(cls: type) -> bool:
+    """file-body, end-at-last: whether `cls` streams with starlette.middleware.base's
+    _StreamingResponse.stream_response (0.28.0 - 0.38.2) over starlette.responses.StreamingResponse's,
+    not with one that others put over either (_respond_as_newest does what the two do)."""
+    own = getattr(cls, "stream_response", None)
+    inherited = getattr(super(cls, cls), "stream_response", None)
+    return _is_function(own, "starlette.middleware.base", "_StreamingResponse.stream_response") and (
+        _is_function(inherited, "starlette.responses", "StreamingResponse.stream_response")
+    )
+
+
+def _is_function(function: Any, module: str, qualname: str) -> bool:
+    named = getattr(function, "__qualname__", None) == qualname
+    return named and getattr(function, "__module__", None) == module
