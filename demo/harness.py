@@ -161,16 +161,21 @@ def serving(
     command += arguments
     activation = {"STARLETTE_SHIELD_PATCH": "1"} if by_variable and shim else {}
     demo_shim = "1" if shim and not by_variable else "0"
-    with tempfile.TemporaryDirectory() as state, tempfile.TemporaryFile("w+") as log:
+    with tempfile.TemporaryDirectory() as state, tempfile.TemporaryDirectory() as apps, (
+        tempfile.TemporaryFile("w+")
+    ) as log:
         several = {"DEMO_STATE_DIR": state} if workers > 1 or reload else {}
+        # The server finds the apps (demo/) in a folder of their own, not in the checkout, whose
+        # starlette_shield_patch would shadow the one installed in the venv (the wheel).
+        os.symlink(ROOT / "demo", Path(apps) / "demo")
         environment = clean_environment(
-            {"PYTHONPATH": str(ROOT), "DEMO_SHIM": demo_shim, **activation, **several, **(env or {})}
+            {"PYTHONPATH": apps, "DEMO_SHIM": demo_shim, **activation, **several, **(env or {})}
         )
         # The log goes to a file: a pipe nobody reads while the server runs fills up after a few
         # dozen tracebacks, and the server then blocks in its logging call.
         process = subprocess.Popen(
             [sys.executable, *command],
-            cwd=ROOT,
+            cwd=apps,
             env=environment,
             stdout=log if server == "granian" else subprocess.DEVNULL,  # granian logs to stdout
             stderr=log,

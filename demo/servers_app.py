@@ -10,6 +10,7 @@ whether BaseHTTPMiddleware is patched in it, and at lifespan shutdown that it st
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -28,6 +29,10 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import Message, Receive, Scope, Send
+
+if os.environ.get("DEMO_LOGGING") == "1":
+    # As apps do: logging set up at startup, once starlette (and so the shim) is imported.
+    logging.basicConfig(level=logging.INFO, format="%(process)d %(name)s %(levelname)s %(message)s")
 
 if os.environ.get("DEMO_DUMP"):
     import faulthandler
@@ -162,6 +167,7 @@ def record_worker(event: str) -> None:
         "pid": os.getpid(),
         "patched": type(call).__name__ != "function",
         "reason": shim.status().reason if shim else "starlette_shield_patch not imported",
+        "shim_file": shim.__file__ if shim else None,  # the venv's (the wheel), not the checkout's
     }
     write_whole(STATE / f"{event}-{os.getpid()}.json", json.dumps(worker))
 

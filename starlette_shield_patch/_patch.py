@@ -139,7 +139,9 @@ class _Lifecycle:
             pieces = verdict.pieces if verdict.affected else forced_pieces()
             self.installed = _Installed(cls, original, wrapper, why, tuple((p.name, p.fix) for p in pieces))
             self._serve(f"patched by {self.via}{why}")
-            (logger().info if verdict.affected else logger().warning)("%s", self.reason)
+            # INFO once per process comes with the first request (_shield.path._tell): here,
+            # before the app has set up its logging, it would mostly reach no handler.
+            (logger().debug if verdict.affected else logger().warning)("%s", self.reason)
 
     def remove(self) -> None:
         with self.lock:
@@ -195,7 +197,8 @@ class _Lifecycle:
     def _serve(self, reason: str) -> None:
         self._enter("patched", reason)
         installed = self.installed
-        _request_path(tuple(name for name, fix in installed.pieces if fix in self.wanted))  # type: ignore[union-attr]
+        pieces = tuple(name for name, fix in installed.pieces if fix in self.wanted)  # type: ignore[union-attr]
+        _request_path(pieces, f"in force, {reason}; fixes: {', '.join(self._fixes())}")
 
     def _fixes(self) -> tuple[str, ...]:
         # The fixes asked for that this release needs (on 0.28 - 0.38.2, after-response is wait-sent alone).
@@ -222,12 +225,13 @@ def wanted_fixes(*, after_response: bool, errors: bool, pass_through: bool) -> t
     return tuple(fix for fix, on in switches if on)
 
 
-def _request_path(pieces: tuple[str, ...] | None) -> None:
-    """The one writer of what the request path reads: the pieces it runs, or none at all."""
+def _request_path(pieces: tuple[str, ...] | None, news: str | None = None) -> None:
+    """The one writer of what the request path reads: the pieces it runs, or none at all, and the
+    line its first request logs (once per process)."""
     from ._shield import path  # loaded already: the installed wrapper comes from it
     from ._shield.pieces import InForce
 
-    path.in_force = None if pieces is None else InForce(pieces)
+    path.in_force = None if pieces is None else InForce(pieces, None if path.told else news)
 
 
 def _anyio_major() -> int:

@@ -187,6 +187,43 @@ def test_an_explicit_import_with_the_variable_on_patches_once(
     expect_patched(only_json_line(run_in(wheel_python, scenario, imports + SCRIPT, env=on)), True)
 
 
+# An app that sets up logging at startup, once starlette (and so the shim) is imported.
+LOGGING_AFTER_STARLETTE = """
+import logging, sys
+import starlette.middleware.base
+logging.basicConfig(level=logging.INFO, format="%(name)s %(levelname)s %(message)s", stream=sys.stdout)
+{activation}
+from scenario import answers_after, client_reads_then_closes, pass_through, run, stack
+for _ in range(3):
+    assert run(stack(answers_after(), pass_through, pass_through), client_reads_then_closes(),
+               backend="asyncio").clean
+"""
+
+
+@pytest.mark.parametrize("activation", ["variable", "variable-and-apply", "none"])
+def test_the_first_request_logs_once_that_the_shim_is_in_force(
+    wheel_python: Path, scenario: Path, activation: str
+) -> None:
+    """Logged when starlette is imported, the line would reach no handler of the app's: it is
+    logged at the first request through a layer, once per process, never per request."""
+    code = LOGGING_AFTER_STARLETTE.format(
+        activation="import starlette_shield_patch\nstarlette_shield_patch.apply()"
+        if activation == "variable-and-apply"
+        else ""
+    )
+    env = {} if activation == "none" else {"STARLETTE_SHIELD_PATCH": "1"}
+    result = run_in(wheel_python, scenario, code, env=env)
+
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stdout.splitlines() if line.startswith("starlette_shield_patch ")]
+    if activation == "none" or not STARLETTE_AFFECTED:
+        assert lines == [], result.stdout
+    else:
+        assert len(lines) == 1, result.stdout
+        assert lines[0].startswith("starlette_shield_patch INFO in force, patched by "), lines
+        assert "; fixes: response-start, " in lines[0], lines
+
+
 def test_remove_undoes_startup_activation(wheel_python: Path, scenario: Path) -> None:
     code = (
         "import starlette.middleware.base\nimport starlette_shield_patch\nstarlette_shield_patch.remove()\n"

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from demo.deployments import DEPLOYMENTS, STAYING, run
-from demo.harness import Server, serving
+from demo.harness import Server, exchange, request_bytes, serving
 from tests.asgi import STARLETTE_CANCELS
 from tests.fresh import ROOT
 
@@ -119,3 +119,27 @@ def test_the_doctor_says_what_each_server_s_workers_will_do(variable: str) -> No
     assert all(expected in what for what in said.values()), said
     gunicorn = next(what for name, what in said.items() if name.startswith("gunicorn"))
     assert ("too late" in gunicorn) is (variable == "1")
+
+
+@pytest.mark.parametrize(
+    "deployment", ["gunicorn-uvicorn-worker", "gunicorn-uvicorn-worker-preload", "uvicorn-workers"]
+)
+def test_each_worker_logs_once_that_the_shim_is_in_force(deployment: str) -> None:
+    """The app sets up logging once starlette is imported (demo.servers_app, DEMO_LOGGING): each
+    worker that serves says once that the shim is in force (with --preload, the master imported
+    the app and patched, and serves nothing: it says nothing)."""
+    settings = DEPLOYMENTS[deployment]
+    with serving(
+        "demo.servers_app:app", shim=True, by_variable=True, env={"DEMO_LOGGING": "1"}, **settings
+    ) as server:
+        answers = [exchange(server.port, request_bytes("GET", "/hello?work=0", b"")) for _ in range(12)]
+
+    assert all(answer.startswith(b"HTTP/1.1 200") for answer in answers), answers
+    said = [line.split(" ", 1) for line in server.log.splitlines() if " starlette_shield_patch " in line]
+    pids = [int(pid) for pid, _ in said]
+    assert said and len(pids) == len(set(pids)), server.log  # one line per process at the most
+    assert set(pids) <= set(server.started_workers), (pids, server.started_workers)
+    assert all(line.startswith("starlette_shield_patch INFO in force, patched by ") for _, line in said), said
+    # The workers ran the package installed in the venv, not the checkout's (demo.harness.serving).
+    files = [Path(worker["shim_file"]) for worker in server.started_workers.values()]
+    assert files and all("site-packages" in file.parts for file in files), files

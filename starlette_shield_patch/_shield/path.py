@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from typing import Any, Awaitable, Callable
 
+from .. import _patch
 from .after_response import _not_listening_class, _then_finish
 from .errors import (
     _calls_next_raising,
@@ -59,6 +60,8 @@ def wrapper_for(original: Callable[..., Awaitable[None]]) -> Callable[..., Await
             instance, args = args[0], args[1:]
         pieces = in_force
         if pieces is not None and len(args) == 3 and args[0]["type"] == "http":
+            if pieces.news is not None:
+                _tell(pieces)
             scope, receive, send = args
             if getattr(receive, "__code__", None) not in _handed_on:  # the outermost layer
                 client = _Client(receive)
@@ -73,6 +76,18 @@ def wrapper_for(original: Callable[..., Awaitable[None]]) -> Callable[..., Await
 
     return patched_call
 
+
+def _tell(pieces: InForce) -> None:
+    """Log, once per process, that the shim is in force, and with which fixes."""
+    # At the first request, not when starlette is imported: apps import starlette (and so patch)
+    # before they set up logging, and a line logged then reaches no handler of theirs. Not a
+    # line per request, and no handler of ours.
+    global told
+    news, pieces.news, told = pieces.news, None, True
+    _patch.logger().info("%s", news)
+
+
+told = False  # _tell logged its line in this process: a later patch (apply() again) does not
 
 # The stand-ins: what starlette's __call__ gets as `self`. starlette's own __call__ reads only
 # `dispatch_func` and `app`, so a slotted object will do (`_StandIn`); a __call__ that others

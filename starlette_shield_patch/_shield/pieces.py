@@ -62,6 +62,7 @@ class InForce:
         "finish_runs",
         "keeps_late",
         "late_error",
+        "news",
         "no_listen",
         "own_context",
         "own_error",
@@ -78,7 +79,10 @@ class InForce:
         "wraps_layer",
     )
 
-    def __init__(self, names: Iterable[str]) -> None:
+    def __init__(self, names: Iterable[str], news: str | None = None) -> None:
+        # The line that says the shim is in force, for the first request through a layer to log
+        # (path._tell); None once logged.
+        self.news = news
         # start-first is in force wherever the shim patches (the response-start fix is never off).
         names = set(names)
         self.drop_broken_send = "drop-broken-send" in names
