@@ -165,14 +165,18 @@ def test_the_metadata_a_pypi_page_shows(dists: tuple[Path, Path]) -> None:
     classifiers = meta.get_all("Classifier", [])
     requires = meta.get_all("Requires-Dist", [])
 
+    # One line that a search result shows whole.
     assert "No response returned." in meta["Summary"] and "background tasks" in meta["Summary"]
-    assert "exception groups" in meta["Summary"]
+    assert "\n" not in meta["Summary"] and len(meta["Summary"]) <= 130
+    # What users filter by (there is no "Framework :: Starlette" classifier).
+    filters = {"Development Status :: 4 - Beta", "Framework :: FastAPI", "Framework :: AnyIO"}
+    assert filters <= set(classifiers)
     assert meta["Requires-Python"] == ">=3.7"
     pythons = [
         c.rsplit(" ", 1)[-1] for c in classifiers if c.startswith("Programming Language :: Python :: 3.")
     ]
     assert pythons == PYTHONS
-    assert set(urls) == {"Source", "Issues", "Changelog"}
+    assert set(urls) == {"Documentation", "Source", "Issues", "Changelog"}
     assert all(url.startswith("https://") for url in urls.values())
     assert meta["License"] == "BSD-3-Clause" and meta["License-File"] == "LICENSE"
     assert meta["Description-Content-Type"] == "text/markdown"
