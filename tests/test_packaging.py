@@ -184,3 +184,13 @@ def test_the_metadata_a_pypi_page_shows(dists: tuple[Path, Path]) -> None:
     # Never starlette: installing the shim must not change the user's starlette.
     assert not [r for r in requires if r.lower().startswith("starlette")]
     assert [r for r in requires if "importlib" in r] == ['importlib_metadata>=1.4; python_version < "3.8"']
+
+
+def test_the_changelog_keeps_a_changelog() -> None:
+    """Keep a Changelog: each release's section has each kind of change once, of the six kinds."""
+    kinds = {"Added", "Changed", "Deprecated", "Removed", "Fixed", "Security"}
+    releases = (ROOT / "CHANGELOG.md").read_text().split("\n## ")[1:]
+    assert releases and releases[0].startswith("[Unreleased]")
+    for release in releases:
+        headings = [line[4:] for line in release.splitlines() if line.startswith("### ")]
+        assert len(headings) == len(set(headings)) and set(headings) <= kinds, (release[:40], headings)
