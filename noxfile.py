@@ -217,19 +217,11 @@ def deployments(session: nox.Session, starlette: str, uvicorn: str) -> None:
     pytest(session, "-m", "deployments")
 
 
-# FastAPI releases as pinned in the wild, and the starlette each one pins; from 0.108.0 on FastAPI
-# asks for a range, and the resolver picks its newest (0.32.0.post1, 0.36.3, 0.37.2, 0.37.2).
-FASTAPI = {
-    "0.69.0": "0.15.0", "0.75.2": "0.17.1", "0.79.1": "0.19.1", "0.85.2": "0.20.4",
-    "0.108.0": "", "0.109.2": "", "0.110.3": "", "0.112.0": "",
-}  # fmt: skip
-
-
 @nox.session(python=MAIN_PYTHON)
-@nox.parametrize("fastapi", list(FASTAPI))
+@nox.parametrize("fastapi", list(releases.FASTAPI))
 def fastapi(session: nox.Session, fastapi: str) -> None:
     """FastAPI apps with @app.middleware("http") functions, on the starlette that FastAPI pins."""
-    starlette = FASTAPI[fastapi]
+    starlette = releases.FASTAPI[fastapi]
     if starlette:
         pins = [f"fastapi=={fastapi}", f"starlette=={starlette}", *anyio_requirements(starlette, "newest")]
     else:
