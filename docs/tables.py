@@ -101,12 +101,14 @@ def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 def pieces(fix: str | None = None) -> str:
     """`_guard.PIECES`, one row per entry (of one fix, if given): which releases need which piece."""
-    rows = [
-        (piece.name, piece.fix, span(piece.first, piece.fixed), str(piece.anyio or "any"), link(piece.why))
-        for piece in PIECES
-        if fix is None or piece.fix == fix
-    ]
-    return table(("piece", "fix", "releases", "anyio", "upstream"), rows)
+    fix_column = fix is None  # one fix's table needs no column for it
+    rows = []
+    for piece in PIECES:
+        if fix_column or piece.fix == fix:
+            releases_of = span(piece.first, piece.fixed)
+            which = [piece.fix] if fix_column else []
+            rows.append([piece.name, *which, releases_of, str(piece.anyio or "any"), link(piece.why)])
+    return table(["piece", *(["fix"] if fix_column else []), "releases", "anyio", "upstream"], rows)
 
 
 def values() -> str:
