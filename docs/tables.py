@@ -146,6 +146,7 @@ def said(first: str, pages: str) -> tuple[str, str]:
     """What the users of a FastAPI run see, and what to do there, by the first starlette the run
     allows; the facts are those of docs/bugs.md and docs/limitations.md."""
     turning_on = f"[Turning it on]({pages}turning-on.md)"
+    second_range = f"{releases.FOUR_LAYERS[0]} - {releases.FOUR_LAYERS[-1]}"
     first_fix = f"FastAPI {releases.FASTAPI_RUNS[1][0]} (starlette {releases.FASTAPI_RUNS[1][2]})"
     last_fix = f"starlette {LAST_FIXED} (FastAPI {releases.FASTAPI_NEWER} and later allow it)"
     four_layers = (
@@ -165,10 +166,11 @@ def said(first: str, pages: str) -> tuple[str, str]:
             "no `No response returned.`, and the work after the response finishes (fixed upstream, "
             f"{link('starlette#1715')}); errors as exception groups on anyio 4, an error after the "
             "response dropped; a dispatch that reads the body makes the endpoint wait",
-            "do not install the shim for these releases. Upstream, exception groups are gone from 0.31.0 "
-            f"({link('starlette#2211')}), an error after the response reaches the server from 0.46.0 "
-            f"({link('starlette#2812')}), the body a dispatch read reaches the endpoint from 0.28.0 "
-            f"({link('starlette#1692')})",
+            "the shim does nothing here; `python -m starlette_shield_patch --self-test` names the defects "
+            f"it sees. Upstream, exception groups are gone from 0.31.0 ({link('starlette#2211')}), an "
+            f"error after the response reaches the server from 0.46.0 ({link('starlette#2812')}), the "
+            f"body a dispatch read reaches the endpoint from 0.28.0 ({link('starlette#1692')}); the "
+            f"self-test's scenarios pass on {second_range} with the shim, and on {LAST_FIXED} and later",
         ),
         "0.28.0": (
             f"{four_layers}); `url_for()` in a dispatch fails; a chunked answer ends only after its "
