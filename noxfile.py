@@ -5,6 +5,7 @@ from __future__ import annotations
 import glob
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import nox
@@ -142,7 +143,9 @@ def tests(session: nox.Session, starlette: str, anyio: str) -> None:
     # built on the first and last affected release and on the unaffected ones, and on 3.7.
     full = (CANCELLING[0], CANCELLING[-1], FOUR_LAYERS[-1], *UNAFFECTED)
     venvs = (python == MAIN_PYTHON and starlette in full) or python == OLDEST_PYTHON
-    others = "servers or deployments or packaging or fastapi or neighbours" + ("" if venvs else " or venvs")
+    others = "servers or deployments or packaging or fastapi or neighbours or docs" + (
+        "" if venvs else " or venvs"
+    )
     pytest(session, "-m", f"not ({others})")
     if python == MAIN_PYTHON and anyio in CONFORMANCE.get(starlette, ()):
         # After the suite, in the same venv: what conformance needs does not change what it tests.
@@ -217,19 +220,11 @@ def deployments(session: nox.Session, starlette: str, uvicorn: str) -> None:
     pytest(session, "-m", "deployments")
 
 
-# FastAPI releases as pinned in the wild, and the starlette each one pins; from 0.108.0 on FastAPI
-# asks for a range, and the resolver picks its newest (0.32.0.post1, 0.36.3, 0.37.2, 0.37.2).
-FASTAPI = {
-    "0.69.0": "0.15.0", "0.75.2": "0.17.1", "0.79.1": "0.19.1", "0.85.2": "0.20.4",
-    "0.108.0": "", "0.109.2": "", "0.110.3": "", "0.112.0": "",
-}  # fmt: skip
-
-
 @nox.session(python=MAIN_PYTHON)
-@nox.parametrize("fastapi", list(FASTAPI))
+@nox.parametrize("fastapi", list(releases.FASTAPI))
 def fastapi(session: nox.Session, fastapi: str) -> None:
     """FastAPI apps with @app.middleware("http") functions, on the starlette that FastAPI pins."""
-    starlette = FASTAPI[fastapi]
+    starlette = releases.FASTAPI[fastapi]
     if starlette:
         pins = [f"fastapi=={fastapi}", f"starlette=={starlette}", *anyio_requirements(starlette, "newest")]
     else:
@@ -288,6 +283,21 @@ def packaging(session: nox.Session) -> None:
     session.install(".", f"starlette=={CANCELLING[-1]}", *anyio_requirements(CANCELLING[-1], "newest"))
     session.install("build", "twine", "pytest", "uv")
     pytest(session, "-m", "packaging")
+
+
+@nox.session(python=MAIN_PYTHON)
+def docs(session: nox.Session) -> None:
+    """The docs site: its tables as the code makes them (cog --check), its upstream references and
+    links (tests/test_docs.py), mkdocs build --strict. `scripts/docs` makes the tables again."""
+    session.install("-r", "docs/requirements.txt", ".", "pytest")
+    pages = ["README.md", *sorted(str(page.relative_to(ROOT)) for page in (ROOT / "docs").glob("*.md"))]
+    session.run(
+        "cog", "--check", "--check-fail-msg", "run scripts/docs to make them again", "-I", "docs", *pages
+    )
+    # Not under coverage: nothing of the package runs here but the doctor's samples.
+    session.run("pytest", "-m", "docs", "tests/test_docs.py")
+    with tempfile.TemporaryDirectory() as site:
+        session.run("mkdocs", "build", "--strict", "--site-dir", site, env={"NO_MKDOCS_2_WARNING": "1"})
 
 
 @nox.session(python=MAIN_PYTHON)

@@ -260,7 +260,7 @@ def apply(
 
 
 def remove() -> None:
-    """Put back the exact BaseHTTPMiddleware.__call__ that was there before apply()."""
+    """Put back the exact `BaseHTTPMiddleware.__call__` that was there before `apply()`."""
     try:
         LIFECYCLE.remove()
     except Exception as exc:  # never let the shim become the app's failure

@@ -1,7 +1,7 @@
 """The starlette releases that the matrix runs and the tests expect to be affected, written once.
 
 Independent of the package's own guard (starlette_shield_patch._guard), which the tests check
-against it. Read by noxfile.py and tests/asgi.py; imports nothing.
+against it. Read by noxfile.py, tests/asgi.py and docs/tables.py; imports nothing.
 """
 
 # 0.15.0 moved BaseHTTPMiddleware onto anyio (starlette#1157); 0.21.0 has the fix (#1715). These
@@ -21,3 +21,21 @@ AFFECTED = CANCELLING + FOUR_LAYERS
 # The neighbours of the ranges: the last release before anyio, the first with each fix, the
 # last before the second range.
 UNAFFECTED = ("0.14.2", "0.21.0", "0.27.0", "0.38.3")
+# FastAPI releases as pinned in the wild, and the starlette each one pins; from 0.108.0 on FastAPI
+# asks for a range, and the resolver picks its newest (0.32.0.post1, 0.36.3, 0.37.2, 0.37.2).
+FASTAPI = {
+    "0.69.0": "0.15.0", "0.75.2": "0.17.1", "0.79.1": "0.19.1", "0.85.2": "0.20.4",
+    "0.108.0": "", "0.109.2": "", "0.110.3": "", "0.112.0": "",
+}  # fmt: skip
+# FastAPI's releases in runs that ask for the same kind of starlette, from the Requires-Dist of
+# each run's ends on PyPI: (first FastAPI, last FastAPI, the first starlette the run allows, the
+# first it does not). 0.86.0 pins ==0.20.4, 0.87.0 ==0.21.0, 0.106.0 asks >=0.27.0,<0.28.0, 0.107.0
+# >=0.28.0,<0.29.0, 0.108.0 >=0.29.0,<0.33.0, 0.112.0 >=0.37.2,<0.38.0.
+FASTAPI_RUNS = (
+    ("0.69.0", "0.86.0", "0.15.0", "0.21.0"),
+    ("0.87.0", "0.106.0", "0.21.0", "0.28.0"),
+    ("0.107.0", "0.107.0", "0.28.0", "0.29.0"),
+    ("0.108.0", "0.112.0", "0.29.0", "0.38.0"),
+)
+# The first FastAPI after them: >=0.37.2,<0.39.0, where a fresh install gets 0.38.3 or later.
+FASTAPI_NEWER = "0.112.1"
