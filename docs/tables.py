@@ -38,6 +38,8 @@ FIX_SECTIONS = {
     "errors": "bugs.md#errors",
     "pass-through": "bugs.md#what-passes-through-a-layer",
 }
+# The docs pages as the README links them: absolute, for PyPI, which shows the README alone.
+DOCS = "https://github.com/starlette-shield-patch/starlette-shield-patch/blob/main/docs/"
 # The first release with every upstream fix that makes a release affected (0.38.3).
 LAST_FIXED = ".".join(map(str, max(piece.fixed for piece in PIECES)))
 # What the doctor's sample output runs on (docs/requirements.txt installs it).
@@ -125,10 +127,13 @@ def values() -> str:
     return table((f"`{VARIABLE}` (case-insensitive, whitespace ignored)", "effect"), rows)
 
 
-def fixes_on(first: Release, below: Release, pages: str) -> list[str]:
-    """The fixes whose pieces PIECES lists for any of these releases, with any anyio."""
+def fixes_on(first: Release, below: Release, pages: str | None) -> list[str]:
+    """The fixes whose pieces PIECES lists for any of these releases, with any anyio; each a link
+    to its section of docs/bugs.md, but where `pages` is None."""
     known = releases_in(first, below) or [release for release in KNOWN if first <= release < below]
     needed = {piece.fix for release in known for anyio in (3, 4) for piece in pieces_for(release, anyio)}
+    if pages is None:
+        return [fix for fix in FIXES if fix in needed]
     return [f"[{fix}]({pages}{FIX_SECTIONS[fix]})" for fix in FIXES if fix in needed]
 
 
@@ -185,15 +190,15 @@ def said(first: str, pages: str) -> tuple[str, str]:
     }[first]
 
 
-def affected(pages: str = "") -> str:
+def affected(pages: str = "", fix_links: bool = True) -> str:
     """Am I affected? By FastAPI release and the starlette it allows: symptoms, the shim, what to do.
 
-    `pages` is where the docs are from the page that shows the table: "" in docs/, "docs/" in
-    README.md."""
+    `pages` is where the docs are from the page that shows the table: "" in docs/, DOCS in
+    README.md; without `fix_links` the fixes are named, not linked (the README's is shorter)."""
     rows = []
     for first_fastapi, last_fastapi, first, below in releases.FASTAPI_RUNS:
         symptoms, to_do = said(first, pages)
-        fixes = fixes_on(parse(first), parse(below), pages)
+        fixes = fixes_on(parse(first), parse(below), pages if fix_links else None)
         fastapi = first_fastapi if first_fastapi == last_fastapi else f"{first_fastapi} - {last_fastapi}"
         rows.append(
             (

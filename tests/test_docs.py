@@ -28,18 +28,8 @@ REFERENCE_LINK = re.compile(r"\[([^\]]+)\](?:\[([^\]]*)\])?")
 HEADING = re.compile(r"^#{1,6}[ \t]+(.+?)[ \t#]*$", re.MULTILINE)
 
 
-# The README of before the docs site: the site has its text now, and the README is being rewritten
-# to a short one (issue 28). Strict: once the new README passes, this mark must go.
-OLD_README = pytest.mark.xfail(reason="the README of before the docs site (issue 28)", strict=True)
-
-
 def ids(pages: list[Path]) -> list[str]:
     return [str(page.relative_to(ROOT)) for page in pages]
-
-
-def pages_and(readme_mark: pytest.MarkDecorator) -> list[object]:
-    """The pages, the README with a mark of its own."""
-    return [pytest.param(page, marks=[readme_mark] if page.name == "README.md" else []) for page in PAGES]
 
 
 def prose(page: Path) -> str:
@@ -77,7 +67,7 @@ def without_links(text: str) -> str:
     return REFERENCE_LINK.sub(drop_if_defined, text)
 
 
-@pytest.mark.parametrize("page", pages_and(OLD_README), ids=ids(PAGES))
+@pytest.mark.parametrize("page", PAGES, ids=ids(PAGES))
 def test_no_upstream_reference_is_plain_text(page: Path) -> None:
     plain = [reference.group(0) for reference in REFERENCE.finditer(without_links(prose(page)))]
 
@@ -97,7 +87,6 @@ def test_an_upstream_reference_links_to_its_issue(page: Path) -> None:
     assert wrong == []
 
 
-@OLD_README
 def test_the_readme_has_no_in_page_anchors() -> None:
     # PyPI shows the README without the anchors that GitHub makes for its headings.
     anchors = [address for _, address in links(prose(ROOT / "README.md")) if address.startswith("#")]
