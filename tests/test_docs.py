@@ -120,3 +120,8 @@ def test_a_link_between_pages_reaches_a_page_and_its_heading(page: Path) -> None
             broken.append(address)
 
     assert broken == []
+
+
+def test_the_readme_is_read_in_a_minute() -> None:
+    """Two or three screens; the rest is on the docs site."""
+    assert len((ROOT / "README.md").read_bytes()) <= 10 * 1024
