@@ -71,6 +71,29 @@ def test_without_a_self_test_it_reports_and_exits_0(capsys: pytest.CaptureFixtur
     assert "self_test" not in report and report["starlette"] == starlette.__version__
 
 
+def test_defects_left_are_named_and_not_ok(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """On a release the shim leaves alone with defects (0.21.0 - 0.27.x; tests/test_activation.py
+    runs the real one in a venv), the text says which, and the self-test is not ok."""
+    seen = {"response-start": "clean", "after-response": "finished", "errors": "ExceptionGroup"}
+    report = {
+        "without_shim": seen,
+        "with_shim": seen,
+        "fixes": [],
+        "shim_status": "starlette 0.27.0 already has the upstream fix (starlette#1715)",
+        "defects_left": {"errors": "ExceptionGroup"},
+        "ok": False,
+    }
+    monkeypatch.setattr(doctor, "self_test", lambda: report)
+
+    assert doctor.main(["--self-test"]) == 1
+    lines = capsys.readouterr().out.splitlines()
+
+    assert lines[-2].startswith("defects left") and "errors: ExceptionGroup; the shim leaves" in lines[-2]
+    assert lines[-1].split() == ["self-test", "defects", "left"]
+
+
 @pytest.mark.skipif(not STARLETTE_HAS_ANYIO, reason="needs an anyio BaseHTTPMiddleware")
 def test_the_self_test_names_an_unexpected_error() -> None:
     async def endpoint(scope: Any, receive: Any, send: Any) -> None:
