@@ -279,9 +279,7 @@ def _not_listening_class(cls: type, as_newest: bool = False) -> type:
         quiet = made[cls] = type(cls.__name__, (cls,), namespace)
         quiet.__qualname__ = cls.__qualname__
         stream_response = getattr(cls, "stream_response", None)
-        if getattr(stream_response, "__qualname__", None) == "StreamingResponse.stream_response" and (
-            getattr(stream_response, "__module__", None) == "starlette.responses"
-        ):
+        if _is_function(stream_response, "starlette.responses", "StreamingResponse.stream_response"):
             _STREAMED_HERE.add(quiet)
     return quiet
 
