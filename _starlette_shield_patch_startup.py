@@ -60,11 +60,22 @@ VALUES = (
         "kill switch: nothing is patched, not at startup, not by an import, not by apply()",
     ),
     Value("force", ("force",), "armed at interpreter startup and applied whatever the starlette version"),
+    Value(
+        "extended",
+        ("extended",),
+        "as on, and starlette 0.21.0 - 0.27.x (FastAPI 0.87.0 - 0.106.0) patched too, which the version "
+        "guard otherwise leaves alone; combines with the values above but off, after a comma: "
+        "`extended,without-errors`",
+    ),
     Value("invalid", (), "not a known value: one warning on stderr, then as if unset"),
 )
 MEANINGS = {value.kind: value.meaning for value in VALUES}
-ACCEPTED = ", ".join(spelling for value in VALUES[1:] for spelling in value.spellings) + ", or unset"
+ACCEPTED = (
+    ", ".join(spelling for value in VALUES[1:] for spelling in value.spellings)
+    + ", extended with any of them but off (extended,without-errors), or unset"
+)
 ARMS_AT_STARTUP = ("on", "start-only", "without-errors", "without-pass-through", "force")
+EXTENDED = "extended"  # the opt-in for 0.21.0 - 0.27.x: a value alone, or beside one after a comma
 IMPORT = "import starlette_shield_patch"  # the activation that the variable may take over
 
 running = False  # True while the startup hook imports the package
@@ -73,26 +84,37 @@ _warned = False  # the warning about an unknown value is said once per process
 
 
 class Switch:
-    """What the variable says: a kind of VALUES, and the raw value."""
+    """What the variable says: a kind of VALUES, the raw value, and whether it opts in to 0.21.0 -
+    0.27.x (`extended`, alone: kind "on")."""
 
-    __slots__ = ("kind", "raw")
+    __slots__ = ("extended", "kind", "raw")
 
-    def __init__(self, kind: str, raw: str) -> None:
+    def __init__(self, kind: str, raw: str, extended: bool = False) -> None:
         self.kind = kind
         self.raw = raw
+        self.extended = extended
 
 
 class Activation:
     """What one activation (an import, apply(), the startup hook) does, once the variable is read."""
 
     # A slotted class, not a NamedTuple: `collections` and `typing` cost milliseconds to import.
-    __slots__ = ("after_response", "errors", "force", "go_ahead", "pass_through", "via")
+    __slots__ = ("after_response", "errors", "extended", "force", "go_ahead", "pass_through", "via")
 
     def __init__(
-        self, *, go_ahead: bool, force: bool, after_response: bool, errors: bool, pass_through: bool, via: str
+        self,
+        *,
+        go_ahead: bool,
+        force: bool,
+        after_response: bool,
+        errors: bool,
+        pass_through: bool,
+        via: str,
+        extended: bool = False,
     ) -> None:
         self.go_ahead = go_ahead  # False: the kill switch
         self.force = force  # patch whatever the starlette version
+        self.extended = extended  # patch 0.21.0 - 0.27.x too (the opt-in)
         self.after_response = after_response  # the after-response fix as well as the start fix
         self.errors = errors  # the errors fix as well
         self.pass_through = pass_through  # the pass-through fix as well
@@ -103,9 +125,20 @@ def read_switch() -> Switch:
     """Read STARLETTE_SHIELD_PATCH."""
     raw = os.environ.get(VARIABLE, "")
     value = raw.strip().lower()
+    words = [word.strip() for word in value.split(",")]
+    extended = EXTENDED in words
+    if extended:
+        # `extended` alone is "on" for 0.21.0 - 0.27.x too; beside one other value that arms the
+        # patch (`extended,without-errors`), that value for them too. Beside off, or twice: unknown.
+        words.remove(EXTENDED)
+        value = words[0] if len(words) == 1 else "1" if not words else "invalid"
+    elif len(words) > 1:
+        value = "invalid"
     for known in VALUES:
-        if value in known.spellings:
-            return Switch(known.kind, raw)
+        if value in known.spellings and known.kind != EXTENDED:
+            if extended and known.kind not in ARMS_AT_STARTUP:
+                break
+            return Switch(known.kind, raw, extended)
     return Switch("invalid", raw)
 
 
@@ -122,7 +155,9 @@ def warn_if_invalid(switch: Switch) -> None:
     )
 
 
-def decide(*, force: bool, after_response: bool, errors: bool, pass_through: bool, via: str) -> Activation:
+def decide(
+    *, force: bool, after_response: bool, errors: bool, pass_through: bool, via: str, extended: bool = False
+) -> Activation:
     """What an activation asked for `via` does, given the variable (which wins over arguments)."""
     switch = read_switch()
     warn_if_invalid(switch)
@@ -146,6 +181,7 @@ def decide(*, force: bool, after_response: bool, errors: bool, pass_through: boo
         errors=errors and switch.kind not in ("start-only", "without-errors"),
         pass_through=pass_through and switch.kind not in ("start-only", "without-pass-through"),
         via=via,
+        extended=extended or switch.extended,
     )
 
 

@@ -10,10 +10,10 @@ import site
 import sys
 from typing import Any
 
-from _starlette_shield_patch_startup import ARMS_AT_STARTUP, MEANINGS, VARIABLE, read_switch
+from _starlette_shield_patch_startup import ARMS_AT_STARTUP, EXTENDED, MEANINGS, VARIABLE, Switch, read_switch
 
 from . import _patch, apply, remove
-from ._guard import AFFECTED_RANGE_TEXT, FIRST, SECOND, affected, parse_release
+from ._guard import AFFECTED_RANGE_TEXT, BETWEEN, affected, parse_release
 from ._selftest import (
     CLEAN,
     FINISHED,
@@ -79,8 +79,9 @@ def workers(would: str, switch: str) -> dict[str, str]:
 def diagnose() -> dict[str, Any]:
     starlette = installed("starlette")
     anyio = installed("anyio")
-    verdict = affected(starlette, int(anyio.split(".")[0]) if anyio else 4) if starlette else None
     switch = read_switch()
+    anyio_major = int(anyio.split(".")[0]) if anyio else 4
+    verdict = affected(starlette, anyio_major, switch.extended) if starlette else None
     hook = startup_hook()
     if starlette is None:
         would = "nothing: starlette is not installed"
@@ -89,8 +90,14 @@ def diagnose() -> dict[str, Any]:
     elif verdict is not None and not verdict.affected and switch.kind != "force":
         would = f"nothing: {verdict.reason}"
         release = parse_release(starlette)
-        if release is not None and FIRST.fixed <= release < SECOND.first:
-            would += "; it has other defects that the shim leaves: --self-test names them"
+        if release is not None and BETWEEN.first <= release < BETWEEN.fixed:
+            # What the opt-in would run here, by piece and upstream issue.
+            whys: dict[str, list[str]] = {}
+            for piece in affected(starlette, anyio_major, extended=True).pieces:
+                whys.setdefault(piece.name, []).append(piece.why)
+            named = ", ".join(f"{name} ({', '.join(why)})" for name, why in whys.items())
+            would += f"; it has other defects that the shim leaves without the opt-in: {named}"
+            would += "; --self-test shows them"
     elif switch.kind in ARMS_AT_STARTUP and hook:
         would = "patch BaseHTTPMiddleware.__call__ in every process, when the app imports starlette"
     elif switch.kind in ARMS_AT_STARTUP:
@@ -115,17 +122,25 @@ def diagnose() -> dict[str, Any]:
         "affected": verdict.affected if verdict else None,
         "affected_range": AFFECTED_RANGE_TEXT,
         "verdict": verdict.reason if verdict else "starlette is not installed",
-        "variable": {"name": VARIABLE, "value": os.environ.get(VARIABLE), "meaning": MEANINGS[switch.kind]},
+        "variable": {"name": VARIABLE, "value": os.environ.get(VARIABLE), "meaning": meaning(switch)},
         "startup_hook": hook,
         "would_do": would,
         "workers": workers(would, switch.kind),
     }
 
 
+def meaning(switch: Switch) -> str:
+    """What the variable's value means, the opt-in included."""
+    if not switch.extended:
+        return MEANINGS[switch.kind]
+    also = "" if switch.kind == "on" else f"; {MEANINGS[switch.kind]}"
+    return MEANINGS[EXTENDED] + also
+
+
 # What a user of a release that the shim leaves alone with defects (0.21.0 - 0.27.x) can do.
 LEFT_ALONE = (
-    "the shim leaves this release alone (it has starlette#1715); starlette 0.28.0 - 0.38.2 with the "
-    "shim pass these scenarios"
+    f"the shim leaves this release alone (it has starlette#1715) unless told: {VARIABLE}=extended "
+    "(or apply(extended=True)) fixes these"
 )
 
 
@@ -152,11 +167,13 @@ def self_test() -> dict[str, Any]:
     # on a release the shim leaves alone, only the two bugs that make a release affected count
     # (0.21 - 0.27 have errors that come out as groups too, which the shim's brief leaves to them).
     wanted = status.fixes if status.patched else (_patch.RESPONSE_START, _patch.AFTER_RESPONSE)
-    # But what a release between the two ranges (0.21.0 - 0.27.x) still gets wrong is said, and is
-    # not "ok": the releases whose users the shim would serve, were it not for #1715.
+    # But what a release between the two ranges (0.21.0 - 0.27.x) still gets wrong where no fix of
+    # the shim is in force (without the opt-in, or with a fix turned off) is said, and is not "ok".
     release = parse_release(status.starlette_version or "")
-    between = not status.patched and release is not None and FIRST.fixed <= release < SECOND.first
-    left = {fix: got for fix, got in with_shim.items() if got != good[fix]} if between else {}
+    between = release is not None and BETWEEN.first <= release < BETWEEN.fixed
+    left = {
+        fix: got for fix, got in with_shim.items() if between and got != good[fix] and fix not in status.fixes
+    }
     return {
         "without_shim": without,
         "with_shim": with_shim,

@@ -32,6 +32,12 @@ AFFECTED_RANGES = (
 )
 AFFECTED_RANGE_TEXT = " and ".join(affected_range.text for affected_range in AFFECTED_RANGES)
 FIRST, SECOND = AFFECTED_RANGES
+# Between them, the releases that have #1715 and none of #1692 (the request body cache, 0.28.0):
+# a dispatch that reads the body leaves the inner app waiting for it, errors come out as groups,
+# and most of what the shim fixes on 0.28.0 - 0.38.2. They do not lose the response start, so the
+# guard leaves them alone unless the activation opts in (`extended`).
+BETWEEN = AffectedRange(FIRST.fixed, SECOND.first, "starlette#1692", "starlette#1692")
+EXTENDED_HOW = "STARLETTE_SHIELD_PATCH=extended or apply(extended=True)"
 
 
 class Piece(NamedTuple):
@@ -56,6 +62,10 @@ PIECES = (
     # and with it the inner app's work, before its body ended: there it is the after-response fix.
     Piece("no-listen", AFTER_RESPONSE, FIRST.first, FIRST.fixed, 0, "starlette#2620"),
     Piece("no-listen", RESPONSE_START, SECOND.first, SECOND.fixed, 0, "starlette#2620"),
+    # On 0.21.0 - 0.27.x (with the opt-in) it loses no start: call_next's response listens for
+    # the disconnect and takes it from the receive that it shares with the inner app, which then
+    # never hears it from a server that says it once; it is what passes through a layer there.
+    Piece("no-listen", PASS_THROUGH, BETWEEN.first, BETWEEN.fixed, 0, "starlette#2620"),
     # 0.15.0 and 0.16.0 do not capture the inner app's errors: a send that fails because the layer
     # stopped reading its body (BrokenResourceError) would end the whole request.
     Piece("drop-broken-send", RESPONSE_START, (0, 15, 0), (0, 17, 0), 0, "starlette#1262"),
@@ -64,53 +74,55 @@ PIECES = (
     # sent its response, not when its last body message reaches call_next (1.7.0). It is about
     # when the work after the response runs, as finish-runs: the after-response fix.
     Piece("wait-sent", AFTER_RESPONSE, FIRST.first, FIRST.fixed, 0, "starlette#3476"),
-    Piece("wait-sent", AFTER_RESPONSE, SECOND.first, SECOND.fixed, 0, "starlette#3476"),
+    Piece("wait-sent", AFTER_RESPONSE, BETWEEN.first, SECOND.fixed, 0, "starlette#3476"),
     # call_next raises the inner app's own error, not "No response returned." beside it (0.17.0).
     Piece("own-error", ERRORS, (0, 15, 0), (0, 17, 0), 0, "starlette#1262"),
     # A streamed body that fails mid-body raises its error (0.19.0).
     Piece("body-error", ERRORS, (0, 15, 0), (0, 19, 0), 0, "starlette#1459"),
     # anyio 4 task groups wrap every error in an ExceptionGroup, one level per layer (0.31.0).
     Piece("collapse-groups", ERRORS, (0, 19, 0), FIRST.fixed, 4, "starlette#2211"),
-    Piece("collapse-groups", ERRORS, SECOND.first, (0, 31, 0), 4, "starlette#2211"),
+    Piece("collapse-groups", ERRORS, BETWEEN.first, (0, 31, 0), 4, "starlette#2211"),
     # 0.31 - 0.38.2 collapse a group of one that the app raised itself too, with any anyio (1.3.0
     # keeps it).
     Piece("collapse-groups", ERRORS, (0, 31, 0), SECOND.fixed, 0, "starlette#2830"),
     # An error comes out with anyio.EndOfStream or the layer's group as its context, its own
     # lost (0.49.0); 0.15 and 0.16 do not raise it again.
     Piece("own-context", ERRORS, (0, 17, 0), FIRST.fixed, 0, "starlette#2976"),
-    Piece("own-context", ERRORS, SECOND.first, SECOND.fixed, 0, "starlette#2976"),
+    Piece("own-context", ERRORS, BETWEEN.first, SECOND.fixed, 0, "starlette#2976"),
     # An error raised after the response reaches the server (0.46.0); on 0.15 - 0.20 the runs
     # that finish after the response keep theirs already.
-    Piece("late-error", ERRORS, SECOND.first, SECOND.fixed, 0, "starlette#2812"),
+    Piece("late-error", ERRORS, BETWEEN.first, SECOND.fixed, 0, "starlette#2812"),
     # anyio 4 warns about the memory streams that call_next leaves open on an error or a
     # cancellation (0.45.1), and on 0.19 - 0.20.4 also when the dispatch answers by itself.
     Piece("close-streams", ERRORS, (0, 19, 0), FIRST.fixed, 4, "starlette#2813"),
-    Piece("close-streams", ERRORS, SECOND.first, SECOND.fixed, 4, "starlette#2813"),
+    Piece("close-streams", ERRORS, BETWEEN.first, SECOND.fixed, 4, "starlette#2813"),
     Piece("close-discarded-streams", ERRORS, (0, 19, 0), FIRST.fixed, 4, "starlette#2813"),
     # The inner app's receive leaves a request.stream() unfinished per chunk; trio warns when the
     # collector finalizes it ("Exception ignored in: <async_generator ...>"), once per layer (1.8.0).
     Piece("close-request-streams", ERRORS, SECOND.first, SECOND.fixed, 0, "starlette#3628"),
     # A dispatch that read the request body leaves the inner app waiting for it (0.28.0 hands it on).
     Piece("read-body", PASS_THROUGH, FIRST.first, FIRST.fixed, 0, "starlette#1692"),
+    Piece("read-body", PASS_THROUGH, BETWEEN.first, BETWEEN.fixed, 0, "starlette#1692"),
     # Empty body chunks go on as chunks of their own, so GZip above a layer compresses an empty answer.
     Piece("skip-empty-chunks", PASS_THROUGH, (0, 15, 0), (0, 20, 1), 0, "starlette#1609"),
     # call_next asserts that the start comes first: the debug extension's template info breaks it.
-    Piece("template-info", PASS_THROUGH, FIRST.first, FIRST.fixed, 0, "starlette#1991"),
+    Piece("template-info", PASS_THROUGH, FIRST.first, (0, 24, 0), 0, "starlette#1991"),
     # FileResponse sends http.response.pathsend where the server offers it; call_next asserts a
     # body. As 1.10.0, the message passes through the layer to the server.
     Piece("file-body", PASS_THROUGH, (0, 36, 0), (0, 38, 1), 0, "starlette#2649"),
     # request.url_for in a dispatch needs scope["router"], which the router sets only below it.
     Piece("url-for", PASS_THROUGH, FIRST.first, FIRST.fixed, 0, "starlette#2672"),
-    Piece("url-for", PASS_THROUGH, SECOND.first, SECOND.fixed, 0, "starlette#2672"),
+    Piece("url-for", PASS_THROUGH, BETWEEN.first, SECOND.fixed, 0, "starlette#2672"),
     # The layer's body ends only when the inner app returns, after its background tasks (0.29.0).
-    Piece("end-at-last", PASS_THROUGH, SECOND.first, (0, 29, 0), 0, "starlette#2194"),
+    # 0.23.1 dropped the end at more_body=False (0.20.1) again.
+    Piece("end-at-last", PASS_THROUGH, (0, 23, 1), (0, 29, 0), 0, "starlette#2194"),
     # The layer's body ends at the inner app's last message, not one receive later when its
     # stream closes (0.20.1): that receive let another request's task send first (1.10.0's
     # test_do_not_block_on_background_tasks, 0.15.0 - 0.20.0).
     Piece("end-at-last", AFTER_RESPONSE, (0, 15, 0), (0, 20, 1), 0, "starlette#1609"),
     # wait-sent holds the inner app's last message until the layer's response is sent, and 0.28.0
     # ends the layer's body only when the inner app returns: they would wait for each other.
-    Piece("end-at-last", AFTER_RESPONSE, SECOND.first, (0, 29, 0), 0, "starlette#3476"),
+    Piece("end-at-last", AFTER_RESPONSE, (0, 23, 1), (0, 29, 0), 0, "starlette#3476"),
 )
 
 
@@ -156,8 +168,9 @@ def pieces_for(release: tuple[int, int, int], anyio_major: int) -> tuple[Piece, 
     )
 
 
-def affected(version: str | None, anyio_major: int = 4) -> Verdict:
-    """Say whether starlette `version` has a BaseHTTPMiddleware bug that the shim fixes."""
+def affected(version: str | None, anyio_major: int = 4, extended: bool = False) -> Verdict:
+    """Say whether starlette `version` has a BaseHTTPMiddleware bug that the shim fixes; with
+    `extended`, 0.21.0 - 0.27.x (BETWEEN) count too."""
     if version is None:
         return Verdict(False, "starlette does not declare its version", readable=False)
     release = parse_release(version)
@@ -173,5 +186,12 @@ def affected(version: str | None, anyio_major: int = 4) -> Verdict:
     if release < FIRST.first:
         return Verdict(False, f"starlette {version} predates the anyio rewrite (starlette#1157)")
     if release < SECOND.first:
-        return Verdict(False, f"starlette {version} already has the upstream fix ({FIRST.fix})")
+        if extended:
+            reason = f"starlette {version} is affected ({BETWEEN.text} and others), with the opt-in"
+            return Verdict(True, reason, pieces=pieces_for(release, anyio_major))
+        return Verdict(
+            False,
+            f"starlette {version} already has the upstream fix ({FIRST.fix}); its other defects "
+            f"({BETWEEN.issue} and others) are fixed with the opt-in, {EXTENDED_HOW}",
+        )
     return Verdict(False, f"starlette {version} already has the upstream fixes ({FIRST.fix}, {SECOND.fix})")

@@ -89,15 +89,17 @@ class _Lifecycle:
         self.state = "not applied"
         self.armed = False  # an activation was made and remove() was not called since
         self.force = False
+        self.extended = False  # the opt-in: 0.21.0 - 0.27.x patched too
         self.wanted: tuple[str, ...] = FIXES  # the fixes the activation asked for
         self.via = ""
         self.hook_registered = False  # wrapt's post-import hook is registered (once per process)
         self.installed: _Installed | None = None
         self.reason = "not applied"
 
-    def arm(self, *, force: bool, wanted: tuple[str, ...], via: str) -> None:
+    def arm(self, *, force: bool, wanted: tuple[str, ...], via: str, extended: bool = False) -> None:
         with self.lock:
             self.armed, self.force, self.wanted, self.via = True, force, wanted, via
+            self.extended = extended
             module = sys.modules.get(TARGET_MODULE)
             if module is not None:
                 self.patch(module)
@@ -122,7 +124,7 @@ class _Lifecycle:
                 return
             from ._guard import affected, forced_pieces
 
-            verdict = affected(_starlette_version(), _anyio_major())
+            verdict = affected(_starlette_version(), _anyio_major(), self.extended)
             if not verdict.affected and not self.force:
                 self._enter("left alone", f"{verdict.reason}; BaseHTTPMiddleware left alone")
                 (logger().debug if verdict.readable else logger().warning)("%s", self.reason)
@@ -251,11 +253,25 @@ def logger() -> Logger:
 
 
 def apply(
-    force: bool = False, *, after_response: bool = True, errors: bool = True, pass_through: bool = True
+    force: bool = False,
+    *,
+    after_response: bool = True,
+    errors: bool = True,
+    pass_through: bool = True,
+    extended: bool = False,
 ) -> None:
-    """Patch BaseHTTPMiddleware now, or as soon as starlette.middleware.base is imported."""
+    """Patch BaseHTTPMiddleware now, or as soon as starlette.middleware.base is imported.
+
+    `extended=True` patches starlette 0.21.0 - 0.27.x too, which carry the upstream fix of the
+    disconnect bug (starlette#1715) and which the version guard otherwise leaves alone.
+    """
     activate(
-        force=force, after_response=after_response, errors=errors, pass_through=pass_through, via="apply()"
+        force=force,
+        after_response=after_response,
+        errors=errors,
+        pass_through=pass_through,
+        extended=extended,
+        via="apply(extended=True)" if extended else "apply()",
     )
 
 
@@ -278,12 +294,18 @@ def activate(
     after_response: bool = True,
     errors: bool = True,
     pass_through: bool = True,
+    extended: bool = False,
     via: str = IMPORT,
 ) -> None:
     """Arm the patch as `via` asks, unless STARLETTE_SHIELD_PATCH says off; never raises."""
     try:
         activation = decide(
-            force=force, after_response=after_response, errors=errors, pass_through=pass_through, via=via
+            force=force,
+            after_response=after_response,
+            errors=errors,
+            pass_through=pass_through,
+            extended=extended,
+            via=via,
         )
         if activation.go_ahead:
             wanted = wanted_fixes(
@@ -291,7 +313,9 @@ def activate(
                 errors=activation.errors,
                 pass_through=activation.pass_through,
             )
-            LIFECYCLE.arm(force=activation.force, wanted=wanted, via=activation.via)
+            LIFECYCLE.arm(
+                force=activation.force, wanted=wanted, via=activation.via, extended=activation.extended
+            )
         else:  # the kill switch: not the hook, not an import, not apply()
             LIFECYCLE.disable(activation.via)
     except Exception as exc:

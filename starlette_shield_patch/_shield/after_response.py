@@ -12,7 +12,7 @@ from anyio.streams.memory import MemoryObjectSendStream
 
 from .errors import _raise_kept
 from .pass_through import _LastChunk, _note
-from .pieces import Message, Receive, Send, _cell
+from .pieces import Message, Receive, Send, _cell, _is_function
 from .response_start import _deliver_start
 
 if TYPE_CHECKING:
@@ -151,9 +151,10 @@ class _ThenFinish:
 
 
 def _respond_as_newest(self: Any, scope: Any, receive: Receive, send: Send) -> Awaitable[None]:
-    """no-listen with file-body or end-at-last: the __call__ of call_next's response on 0.28.0 -
-    0.38.2 (_streams_as_in_base), as _stream_as_newest sends it."""
-    return _stream_as_newest(self, send, self._info, None, None)
+    """no-listen with file-body or end-at-last: the __call__ of call_next's response, as
+    _stream_as_newest sends it: starlette.middleware.base._StreamingResponse (0.24.0 - 0.38.2:
+    _streams_as_in_base) with its debug info, or StreamingResponse (0.15.0 - 0.23.x)."""
+    return _stream_as_newest(self, send, getattr(self, "_info", None), None, None)
 
 
 async def _stream_as_newest(
@@ -273,13 +274,14 @@ def _not_listening_class(cls: type, as_newest: bool = False) -> type:
     quiet = made.get(cls)
     if quiet is None:
         respond = _respond_without_listening
-        if as_newest and _streams_as_in_base(cls):
+        stream_response = getattr(cls, "stream_response", None)
+        own = _is_function(stream_response, "starlette.responses", "StreamingResponse.stream_response")
+        if as_newest and (own or _streams_as_in_base(cls)):
             respond = _respond_as_newest
         namespace = {"__call__": respond, "__module__": cls.__module__, "__slots__": ()}
         quiet = made[cls] = type(cls.__name__, (cls,), namespace)
         quiet.__qualname__ = cls.__qualname__
-        stream_response = getattr(cls, "stream_response", None)
-        if _is_function(stream_response, "starlette.responses", "StreamingResponse.stream_response"):
+        if own:
             _STREAMED_HERE.add(quiet)
     return quiet
 
@@ -322,8 +324,3 @@ def _streams_as_in_base(cls: type) -> bool:
     return _is_function(own, "starlette.middleware.base", "_StreamingResponse.stream_response") and (
         _is_function(inherited, "starlette.responses", "StreamingResponse.stream_response")
     )
-
-
-def _is_function(function: Any, module: str, qualname: str) -> bool:
-    named = getattr(function, "__qualname__", None) == qualname
-    return named and getattr(function, "__module__", None) == module

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .pieces import Message, Receive
+from .pieces import Message, Receive, _cell, _is_function
 from .response_start import _Client
 
 
@@ -34,6 +34,9 @@ def _with_body_read(request: Any, receive: Receive, runs_note: bool) -> tuple[Re
     # `_is_disconnected`. 1.10.0 hands the inner app a receive that reads through the dispatch's
     # Request, so each side sees what the other took. A dispatch that hands call_next a Request
     # with a receive of its own keeps it, as unpatched.
+    if _is_function(receive, "starlette.middleware.base", _RECEIVE_OR_DISCONNECT):
+        _read_through_cell(request, receive)
+        return receive, None
     if receive is not getattr(request, "_receive", None):
         return receive, None
     if getattr(receive, "__func__", None) is _BodyRead.dispatch_receive:
@@ -61,6 +64,24 @@ def _with_body_read(request: Any, receive: Receive, runs_note: bool) -> tuple[Re
         return shared.receive, None
     # It streamed to the end (or form()): an empty body, as 0.28.0 hands on.
     return _BodyRead(receive, request, b"").receive, None
+
+
+# 0.21.0 - 0.27.x hand the inner app this closure of call_next: it reads `request.receive` of the
+# Request that call_next got, until the layer's response is sent, then says http.disconnect.
+_RECEIVE_OR_DISCONNECT = "BaseHTTPMiddleware.__call__.<locals>.call_next.<locals>.receive_or_disconnect"
+
+
+def _read_through_cell(request: Any, receive: Receive) -> None:
+    """read-body on 0.21.0 - 0.27.x: what receive_or_disconnect reads is what the inner app would
+    read on 0.15 - 0.20.4 (`request.receive`); it reads it through the shim's receive instead."""
+    # Its `request` cell is call_next's argument, read at every call: it gets the object whose
+    # `receive` is the one to read (a _BodyRead), and receive_or_disconnect keeps saying
+    # http.disconnect once the response is sent.
+    cell = _cell(receive, "request")
+    own = cell.cell_contents.receive
+    inner, _ = _with_body_read(request, own, False)
+    if inner is not own:
+        cell.cell_contents = inner.__self__  # type: ignore[attr-defined]
 
 
 def _note(request: Any, message: Message) -> bool:

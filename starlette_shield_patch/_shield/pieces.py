@@ -38,6 +38,12 @@ def _cell(function: Any, name: str) -> Any:
     return function.__closure__[known[1]]
 
 
+def _is_function(function: Any, module: str, qualname: str) -> bool:
+    """Whether `function` is starlette's own of that name (not one that others put in its place)."""
+    named = getattr(function, "__qualname__", None) == qualname
+    return named and getattr(function, "__module__", None) == module
+
+
 # The standard library's from 3.11 on; below it the exceptiongroup backport, which anyio 4 (the
 # only anyio whose groups collapse-groups collapses) imports itself. Taken from sys.modules, never
 # imported: importing the backport replaces sys.excepthook and patches traceback, and anyio 3.7
