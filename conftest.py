@@ -36,13 +36,13 @@ def shim_state(
     applied: bool, *, after_response: bool = True, errors: bool = True, pass_through: bool = True
 ) -> Iterator[None]:
     """The shim applied (guard as usual) or not for the block; always removed afterwards."""
-    from tests.asgi import STARLETTE_AFFECTED  # imports starlette, so apply() patches at once
+    from tests.asgi import EXTENDED, STARLETTE_AFFECTED  # imports starlette: apply() patches at once
 
     starlette_shield_patch.remove()
     try:
         if applied:
             starlette_shield_patch.apply(
-                after_response=after_response, errors=errors, pass_through=pass_through
+                after_response=after_response, errors=errors, pass_through=pass_through, extended=EXTENDED
             )
             assert starlette_shield_patch.status().patched is STARLETTE_AFFECTED
         yield

@@ -78,7 +78,7 @@ def _pyenv_interpreters_on_path() -> None:
 _pyenv_interpreters_on_path()
 
 
-def pytest(session: nox.Session, *arguments: str) -> None:
+def pytest(session: nox.Session, *arguments: str, env: dict[str, str] | None = None) -> None:
     """pytest under coverage, in this process and in every Python process it starts from this venv
     (fresh interpreters, servers): a .pth in the venv starts coverage where COVERAGE_PROCESS_START
     says so."""
@@ -90,6 +90,7 @@ def pytest(session: nox.Session, *arguments: str) -> None:
     env = {
         "COVERAGE_PROCESS_START": str(ROOT / "pyproject.toml"),
         "COVERAGE_FILE": str(COVERAGE_DATA / ".coverage"),
+        **(env or {}),
     }
     session.run("python", "-m", "coverage", "run", "-m", "pytest", *arguments, *session.posargs, env=env)
 
@@ -179,6 +180,37 @@ def conformance(session: nox.Session, starlette: str, anyio: str) -> None:
     conformance_run(session, starlette)
 
 
+# starlette 0.21.0 - 0.27.x with the opt-in (STARLETTE_SHIELD_PATCH=extended, apply(extended=True)):
+# the in-process suite (which then opts in and expects them patched) and the conformance runs on the
+# first and last release, and the conformance runs on the one other version of
+# BaseHTTPMiddleware.__call__ between them (0.23.1: call_next's body ends when the inner app
+# returns; 0.24.0 - 0.27.0 share one). (starlette, anyio, the suite too). Without the opt-in, the
+# `tests` sessions of 0.21.0 and 0.27.0 (UNAFFECTED) show them left alone.
+EXTENDED = [
+    ("0.21.0", "newest", True),
+    ("0.27.0", "oldest", True),
+    ("0.27.0", "newest", False),
+    ("0.21.0", "oldest", False),
+    ("0.23.1", "newest", False),
+]
+
+
+@nox.session(python=MAIN_PYTHON)
+@nox.parametrize(
+    ("starlette", "anyio", "suite"),
+    EXTENDED,
+    ids=[f"starlette-{release}-anyio-{which}" for release, which, _ in EXTENDED],
+)
+def extended(session: nox.Session, starlette: str, anyio: str, suite: bool) -> None:
+    """starlette 0.21.0 - 0.27.x with the opt-in: the suite and the conformance runs."""
+    anyio_pins = ["anyio[trio]==3.4.0", "trio<0.22"] if anyio == "oldest" else ["anyio[trio]<5"]
+    session.install(".", f"starlette=={starlette}", *anyio_pins, "pytest", "jinja2")
+    if suite:
+        others = "servers or deployments or packaging or fastapi or neighbours or docs or venvs"
+        pytest(session, "-m", f"not ({others})", env={releases.EXTENDED_VARIABLE: "1"})
+    conformance_run(session, starlette)
+
+
 @nox.session(python=MAIN_PYTHON)
 @nox.parametrize("starlette", [CANCELLING[0], CANCELLING[1], CANCELLING[-1], "0.37.2"])
 def servers(session: nox.Session, starlette: str) -> None:
@@ -225,12 +257,14 @@ def deployments(session: nox.Session, starlette: str, uvicorn: str) -> None:
 def fastapi(session: nox.Session, fastapi: str) -> None:
     """FastAPI apps with @app.middleware("http") functions, on the starlette that FastAPI pins."""
     starlette = releases.FASTAPI[fastapi]
+    between = starlette in releases.BETWEEN  # with the opt-in; FastAPI 0.88.0 on anyio 3
+    anyio = ["anyio[trio]<4", "trio<0.22"] if fastapi == "0.88.0" else anyio_requirements(starlette, "newest")
     if starlette:
-        pins = [f"fastapi=={fastapi}", f"starlette=={starlette}", *anyio_requirements(starlette, "newest")]
+        pins = [f"fastapi=={fastapi}", f"starlette=={starlette}", *anyio]
     else:
         pins = [f"fastapi=={fastapi}", "anyio[trio]"]
     session.install(".", *pins, "pytest", "jinja2", "requests")
-    pytest(session, "-m", "fastapi")
+    pytest(session, "-m", "fastapi", env={releases.EXTENDED_VARIABLE: "1"} if between else None)
 
 
 @nox.session(python=MAIN_PYTHON)

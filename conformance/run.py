@@ -51,6 +51,10 @@ SDISTS = {
     "0.19.1": "c6d21096774ecb9639acad41b86b7706e52ba3bf1dc13ea4ed9ad593d47e24c7",
     "0.20.0": "a500c40aba9b7729e396b0b3e4cd37fdbafbd859983a9b60a64359957024d912",
     "0.20.4": "42fcf3122f998fefce3e2c5ad7e5edbf0f02cf685d646a83a08d404726af5084",
+    "0.21.0": "b1b52305ee8f7cfc48cde383496f7c11ab897cd7112b33d998b1317dc8ef9027",
+    "0.23.1": "8510e5b3d670326326c5c1d4cb657cc66832193fe5d5b7015a51c7b1e1b1bf42",
+    "0.24.0": "7925947f177a19e906c6ace10f07c64c4f9fdf7d509caaac6589f7cc0cfd95f3",
+    "0.27.0": "6a6b0d042acb8d469a01eba54e9cda6cbd24ac602c4cd016723117d6a7e73b75",
     "0.28.0": "7bf3da5e997e796cc202cef2bd3f96a7d9b1e1943203c2fe2b42e020bc658482",
     "0.29.0": "9bda894656cfa3806cef16c868e670385eb4e569703e6b92c7a853683360188e",
     "0.30.0": "9cf6bd5f2fbc091c2f22701f9b7f7dfcbd304a567845cffbf89d706543fd2a03",
@@ -163,10 +167,21 @@ def shim_state(env: dict[str, str]) -> str:
     return result.stdout.strip()
 
 
+# starlette 0.21.0 - 0.27.x: the shim patches them only with the opt-in, which their users set.
+BETWEEN = ((0, 21, 0), (0, 28, 0))
+
+
+def switch_value() -> str:
+    """The value of STARLETTE_SHIELD_PATCH that turns the shim on for the installed release."""
+    parts = version("starlette").split(".")[:3]
+    release = tuple(int("".join(c for c in part if c.isdigit()) or 0) for part in parts)
+    return "extended" if BETWEEN[0] <= release < BETWEEN[1] else "1"
+
+
 def environment(patched: bool) -> dict[str, str]:
     env = {key: value for key, value in os.environ.items() if key != "STARLETTE_SHIELD_PATCH"}
     if patched:
-        env["STARLETTE_SHIELD_PATCH"] = "1"
+        env["STARLETTE_SHIELD_PATCH"] = switch_value()
     env["PYTHONDONTWRITEBYTECODE"] = "1"
     return env
 

@@ -7,6 +7,7 @@ starlette_shield_patch._selftest has as well.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response, StreamingResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from tests.releases import AFFECTED, CANCELLING
+from tests.releases import AFFECTED, BETWEEN, CANCELLING, EXTENDED_VARIABLE
 
 if sys.version_info >= (3, 8):
     from importlib.metadata import version  # novermin (3.8 and later only)
@@ -31,7 +32,13 @@ __all__ = ["ASGIApp", "Message", "Receive", "Scope", "Send"]
 
 CallNext = Callable[[Request], Awaitable[Response]]
 
-STARLETTE_AFFECTED = starlette.__version__ in AFFECTED  # either range: the shim patches it
+# This run opts in for 0.21.0 - 0.27.x (noxfile's `extended` sessions): the shim patches them.
+EXTENDED = os.environ.get(EXTENDED_VARIABLE) == "1"
+STARLETTE_BETWEEN = starlette.__version__ in BETWEEN
+# Either range, or between them with the opt-in: the shim patches it.
+STARLETTE_AFFECTED = starlette.__version__ in AFFECTED or (EXTENDED and STARLETTE_BETWEEN)
+# The releases that lose the response start (either range), with or without the opt-in.
+LOSES_THE_START = starlette.__version__ in AFFECTED
 # 0.15 - 0.20: two or more layers show the disconnect bug, and work after the response is cancelled.
 STARLETTE_CANCELS = starlette.__version__ in CANCELLING
 STARLETTE_RELEASE = tuple(int(part) for part in starlette.__version__.split(".")[:3])
@@ -41,9 +48,7 @@ ANYIO_MAJOR = int(version("anyio").split(".")[0])
 CAPTURES_INNER_ERRORS = STARLETTE_RELEASE >= (0, 17, 0)
 # anyio 4 wraps every error that leaves a task group in an ExceptionGroup; 0.31.0 (#2211)
 # collapses them at the layer. anyio 3 raises a lone error as it is.
-GROUPS_ESCAPE = ANYIO_MAJOR >= 4 and (
-    (0, 19, 0) <= STARLETTE_RELEASE < (0, 21, 0) or (0, 28, 0) <= STARLETTE_RELEASE < (0, 31, 0)
-)
+GROUPS_ESCAPE = ANYIO_MAJOR >= 4 and (0, 19, 0) <= STARLETTE_RELEASE < (0, 31, 0)
 ANYIO_RELEASE = tuple(int(part) for part in version("anyio").split(".")[:3] if part.isdigit())
 # 0.19 - 0.20.4 and 0.28 - 0.38.2 leave call_next's receiving stream open when the endpoint or
 # the dispatch raises (fixed upstream in 0.45.1, #2813); anyio warns when it is collected from
@@ -58,14 +63,15 @@ ERRORS_COME_OUT_CHANGED = STARLETTE_AFFECTED and (
     STARLETTE_RELEASE < (0, 19, 0) or STARLETTE_RELEASE >= (0, 28, 0) or ANYIO_MAJOR >= 4
 )
 # starlette#1609 (0.20.1): the layer's body ends at the inner app's last message, not when the
-# inner app returns, after its background work (starlette#919). 0.24.0 - 0.28.0 dropped that again.
-BODY_ENDS_AT_LAST_MESSAGE = (0, 20, 1) <= STARLETTE_RELEASE < (0, 24, 0) or STARLETTE_RELEASE >= (0, 29, 0)
+# inner app returns, after its background work (starlette#919). 0.23.1 - 0.28.0 dropped that again.
+BODY_ENDS_AT_LAST_MESSAGE = (0, 20, 1) <= STARLETTE_RELEASE < (0, 23, 1) or STARLETTE_RELEASE >= (0, 29, 0)
 
 
 def body_ends_at_last_message(pass_through: bool) -> bool:
     """On a release the shim does not make finish its runs: whether the layer's body ends at the
-    inner app's last message; on 0.28.0 the pass-through fix makes it (end-at-last)."""
-    return BODY_ENDS_AT_LAST_MESSAGE or (pass_through and STARLETTE_RELEASE == (0, 28, 0))
+    inner app's last message; on 0.23.1 - 0.28.0 the pass-through fix makes it (end-at-last)."""
+    ends_at_last = pass_through and STARLETTE_AFFECTED and (0, 23, 1) <= STARLETTE_RELEASE < (0, 29, 0)
+    return BODY_ENDS_AT_LAST_MESSAGE or ends_at_last
 
 
 @dataclass

@@ -18,6 +18,16 @@ FOUR_LAYERS = (
     "0.37.2", "0.38.0", "0.38.1", "0.38.2",
 )  # fmt: skip
 AFFECTED = CANCELLING + FOUR_LAYERS
+# Between them, the releases that have #1715 (FastAPI 0.87.0 - 0.106.0): the shim patches them only
+# with the opt-in (STARLETTE_SHIELD_PATCH=extended, apply(extended=True)). 0.21.0 - 0.23.0 share one
+# BaseHTTPMiddleware.__call__, 0.23.1 stops ending call_next's body at the last message, 0.24.0 -
+# 0.27.0 add the debug info (_StreamingResponse).
+BETWEEN = (
+    "0.21.0", "0.22.0", "0.23.0", "0.23.1", "0.24.0", "0.25.0", "0.26.0", "0.26.0.post1", "0.26.1",
+    "0.27.0",
+)  # fmt: skip
+# The test suite's own switch: the tests opt in (as users do) and expect BETWEEN patched.
+EXTENDED_VARIABLE = "SHIELD_TESTS_EXTENDED"
 # The neighbours of the ranges: the last release before anyio, the first with each fix, the
 # last before the second range.
 UNAFFECTED = ("0.14.2", "0.21.0", "0.27.0", "0.38.3")
@@ -25,6 +35,7 @@ UNAFFECTED = ("0.14.2", "0.21.0", "0.27.0", "0.38.3")
 # asks for a range, and the resolver picks its newest (0.32.0.post1, 0.36.3, 0.37.2, 0.37.2).
 FASTAPI = {
     "0.69.0": "0.15.0", "0.75.2": "0.17.1", "0.79.1": "0.19.1", "0.85.2": "0.20.4",
+    "0.88.0": "0.22.0", "0.100.0": "0.27.0",  # BETWEEN: with the opt-in (0.88.0 on anyio 3)
     "0.108.0": "", "0.109.2": "", "0.110.3": "", "0.112.0": "",
 }  # fmt: skip
 # FastAPI's releases in runs that ask for the same kind of starlette, from the Requires-Dist of

@@ -16,6 +16,7 @@ from tests.asgi import (
     ERRORS_COME_OUT_CHANGED,
     ERRORS_FIX_APPLIES,
     STARLETTE_AFFECTED,
+    STARLETTE_BETWEEN,
     STARLETTE_CANCELS,
     STARLETTE_HAS_ANYIO,
     body_ends_at_last_message,
@@ -332,6 +333,48 @@ def test_doctor_self_test_says_what_each_fix_does(
         assert test["with_shim"]["pass-through"] == test["without_shim"]["pass-through"]
         assert test["fixes"] == every_fix[:fixes]
     assert test["ok"] is bool(fixes) and result.returncode == (0 if fixes else 1), result.stderr
+
+
+@pytest.mark.skipif(not STARLETTE_BETWEEN, reason="the opt-in is for starlette 0.21.0 - 0.27.x")
+@pytest.mark.parametrize(
+    ("value", "fixes"),
+    [
+        ("extended", ["after-response", "errors", "pass-through"]),
+        (" Extended , without-errors", ["after-response", "pass-through"]),
+        ("1", []),
+        ("extended,off", []),  # not a value: a warning, then as if unset
+    ],
+    ids=["extended", "extended-without-errors", "on", "extended-and-off"],
+)
+def test_the_opt_in_patches_a_release_between_the_ranges(
+    wheel_python: Path, scenario: Path, value: str, fixes: list[str]
+) -> None:
+    """0.21.0 - 0.27.x: patched by the variable's opt-in alone, in a fresh interpreter from the
+    wheel; the doctor's scenarios show each defect without the shim and gone with it, and name
+    what is left where a fix is not in force."""
+    result = run_in(
+        wheel_python, scenario, doctor=("--self-test", "--json"), env={"STARLETTE_SHIELD_PATCH": value}
+    )
+    report = json.loads(result.stdout)
+    test = report["self_test"]
+
+    assert report["affected"] is bool(fixes)
+    assert test["fixes"] == fixes
+    # Unpatched: the body a dispatch read never reaches the endpoint (starlette#1692).
+    assert test["without_shim"]["pass-through"] == "endpoint waits"
+    good = {"after-response": "finished", "errors": "itself", "pass-through": "handed on"}
+    for fix, outcome in good.items():
+        assert (test["with_shim"][fix] == outcome) is (
+            fix in fixes or test["without_shim"][fix] == outcome
+        ), test
+    left = {fix for fix in good if fix not in fixes and test["without_shim"][fix] != good[fix]}
+    assert set(test["defects_left"]) == left, test
+    assert test["ok"] is not left and result.returncode == (1 if left else 0), result.stdout
+    if fixes:
+        assert "is affected" in test["shim_status"] and "with the opt-in" in test["shim_status"]
+    else:
+        assert "left alone" in test["shim_status"] and "extended" in test["shim_status"]
+    assert ("is not a value the shim knows" in result.stderr) is (value == "extended,off"), result.stderr
 
 
 def test_doctor_text_names_each_line(wheel_python: Path, scenario: Path) -> None:

@@ -18,6 +18,7 @@ import starlette_shield_patch
 from conftest import shim_state
 from tests.asgi import (
     BODY_ENDS_AT_LAST_MESSAGE,
+    EXTENDED,
     STARLETTE_AFFECTED,
     STARLETTE_CANCELS,
     STARLETTE_HAS_ANYIO,
@@ -246,7 +247,7 @@ def test_both_fixes_under_a_wrapper_installed_before_the_shim(backend: str, afte
     """The stand-in that looks like the middleware in every way, on every affected release."""
     work = Work()
     with shim_state(False), wrapped_before_the_shim():
-        starlette_shield_patch.apply(after_response=after_response)
+        starlette_shield_patch.apply(after_response=after_response, extended=EXTENDED)
         assert starlette_shield_patch.status().patched
         layers = [pass_through] * layers_that_show_the_bug()
         gone = run(

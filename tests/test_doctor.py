@@ -38,11 +38,26 @@ def test_no_startup_hook_where_none_is_installed(monkeypatch: pytest.MonkeyPatch
             "in every process, when the app imports starlette, with the fixes: response-start",
         ),
         ("0.21.0", "", True, "nothing: starlette 0.21.0 already has the upstream fix"),
-        ("0.27.0", "", True, "(starlette#1715); it has other defects that the shim leaves: --self-test"),
+        (
+            "0.27.0",
+            "",
+            True,
+            "are fixed with the opt-in, STARLETTE_SHIELD_PATCH=extended or apply(extended=True); it has "
+            "other defects that the shim leaves without the opt-in: no-listen (starlette#2620), wait-sent "
+            "(starlette#3476), own-context (starlette#2976), late-error (starlette#2812), read-body "
+            "(starlette#1692), url-for (starlette#2672), end-at-last (starlette#2194, starlette#3476); "
+            "--self-test shows them",
+        ),
+        (
+            "0.24.0",
+            "extended,without-errors",
+            True,
+            "in every process, when the app imports starlette, with the fixes: after-response, pass-through",
+        ),
         ("0.38.3", "", True, "already has the upstream fixes (starlette#1715, starlette#2620)"),
         ("0.21.0", "force", True, "starlette, with the fixes: response-start"),
     ],
-    ids=["no-starlette", "no-hook", "start-only", "unaffected", "between", "newer", "forced"],
+    ids=["no-starlette", "no-hook", "start-only", "unaffected", "between", "opted-in", "newer", "forced"],
 )
 def test_the_doctor_says_what_the_shim_would_do(
     monkeypatch: pytest.MonkeyPatch, starlette: str | None, variable: str, hook: bool, would: str
@@ -56,9 +71,11 @@ def test_the_doctor_says_what_the_shim_would_do(
     said = doctor.diagnose()["would_do"]
 
     assert would in said
-    assert "after-response" not in said or starlette == "0.20.4"  # only 0.15 - 0.20 cancel
+    # only 0.15 - 0.20 cancel; 0.21.0 - 0.27.x opted in wait for the response (wait-sent)
+    assert "after-response" not in said or starlette in ("0.20.4", "0.24.0")
     # 0.21.0 - 0.27.x, left alone, have other defects (tests/test_activation.py runs them).
-    assert ("other defects" in said) is (starlette in ("0.21.0", "0.27.0") and variable != "force")
+    left_alone = variable not in ("force", "extended,without-errors")
+    assert ("other defects" in said) is (starlette in ("0.21.0", "0.27.0") and left_alone)
 
 
 def test_without_a_self_test_it_reports_and_exits_0(capsys: pytest.CaptureFixture[str]) -> None:

@@ -20,11 +20,13 @@ from tests.asgi import (
     ANYIO_MAJOR,
     CAPTURES_INNER_ERRORS,
     GROUPS_ESCAPE,
+    LOSES_THE_START,
     STARLETTE_AFFECTED,
     STARLETTE_CANCELS,
     STARLETTE_RELEASE,
     CallNext,
     Outcome,
+    body_ends_at_last_message,
     client_gone_at_once,
     client_reads_then_closes,
     client_stays,
@@ -100,7 +102,7 @@ def test_a_client_gone_breaks_only_unpatched(shim: str, backend: str) -> None:
 
     outcome = run(app, client_gone_at_once, backend=backend, scope=http_scope("GET", "/hello"))
 
-    if shim == "unpatched":
+    if shim == "unpatched" and LOSES_THE_START:  # not 0.21.0 - 0.27.x (FastAPI 0.87 - 0.106)
         assert outcome.no_response_returned, outcome
     else:
         assert outcome.clean, outcome
@@ -133,7 +135,10 @@ def test_background_tasks_and_dependency_teardown_finish(shim: str, backend: str
     over = outcome.response_over_at
     if not STARLETTE_CANCELS:
         # FastAPI 0.106 and later end `yield` dependencies before the response; nothing is cancelled.
-        assert set(ended) == {"teardown", "background"} and over is not None and over < ended["background"]
+        assert set(ended) == {"teardown", "background"} and over is not None
+        # 0.23.1 - 0.28.0 end the response only after the background task (starlette#2194) but
+        # with the pass-through fix (end-at-last; 0.23.1 - 0.27.x with the opt-in).
+        assert (over < ended["background"]) is body_ends_at_last_message(shim == "patched"), (ended, over)
         return
     finished = set(ended) == {"teardown", "background"} and over is not None and over < min(ended.values())
     assert finished is (shim == "patched"), (ended, over)
@@ -215,7 +220,7 @@ class Item(BaseModel):  # at module level: the annotations are strings, resolved
 @pytest.mark.parametrize("shim", ["unpatched", "patched"])
 def test_a_middleware_that_reads_the_json_body(backend: str, shim: str, layers: int) -> None:
     """starlette#1692: an @app.middleware("http") that reads `await request.json()` in front of a
-    route with a pydantic body model; unpatched on 0.15 - 0.20.4 the route waits for ever."""
+    route with a pydantic body model; unpatched on 0.15 - 0.27.x the route waits for ever."""
     app = FastAPI()
     logged: list[object] = []
     for _ in range(layers):
@@ -233,7 +238,7 @@ def test_a_middleware_that_reads_the_json_body(backend: str, shim: str, layers: 
     scope = http_scope(path="/items")
     scope["headers"] = [(b"host", b"testserver"), (b"content-type", b"application/json")]
     scope["headers"].append((b"content-length", str(len(body)).encode()))
-    hangs = shim == "unpatched" and STARLETTE_CANCELS
+    hangs = shim == "unpatched" and STARLETTE_RELEASE < (0, 28, 0)
     with shim_named(shim):
         outcome = run(app, client_stays(body), backend=backend, scope=scope, timeout=0.2 if hangs else 5.0)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from starlette_shield_patch._guard import PIECES, affected, parse_release
-from tests.releases import AFFECTED, CANCELLING
+from tests.releases import AFFECTED, BETWEEN, CANCELLING
 
 
 @pytest.mark.parametrize("version", AFFECTED)
@@ -19,6 +19,28 @@ def test_every_affected_release_is_patched_and_the_reason_names_its_range(versio
         assert "(0.15.0 <= starlette < 0.21.0, starlette#1634)" in verdict.reason
     else:
         assert "(0.28.0 <= starlette < 0.38.3, starlette#2516)" in verdict.reason
+
+
+@pytest.mark.parametrize("anyio", [3, 4])
+@pytest.mark.parametrize("version", BETWEEN)
+def test_a_release_between_the_ranges_is_patched_only_with_the_opt_in(version: str, anyio: int) -> None:
+    plain = affected(version, anyio)
+    verdict = affected(version, anyio, extended=True)
+
+    assert not plain.affected and "STARLETTE_SHIELD_PATCH=extended" in plain.reason
+    assert verdict.affected and "with the opt-in" in verdict.reason
+    # They do not lose the response start: no piece of that fix, no-listen under pass-through.
+    assert verdict.fixes == ("after-response", "errors", "pass-through")
+    names = {piece.name for piece in verdict.pieces}
+    release = parse_release(version)
+    assert release is not None
+    expected = {"no-listen", "wait-sent", "own-context", "late-error", "read-body", "url-for"}
+    expected |= {"collapse-groups", "close-streams"} if anyio == 4 else set()
+    expected |= {"template-info"} if release < (0, 24, 0) else set()
+    expected |= {"end-at-last"} if release >= (0, 23, 1) else set()
+    assert names == expected
+    # Nothing of what only 0.15 - 0.20.4 or 0.28.0 - 0.38.2 need.
+    assert not names & {"start-first", "finish-runs", "close-discarded-streams", "close-request-streams"}
 
 
 @pytest.mark.parametrize(

@@ -20,6 +20,7 @@ from starlette.responses import Response, StreamingResponse
 
 from tests.asgi import (
     STARLETTE_AFFECTED,
+    STARLETTE_BETWEEN,
     STARLETTE_CANCELS,
     STARLETTE_HAS_ANYIO,
     STARLETTE_RELEASE,
@@ -43,8 +44,9 @@ def listens(shim: str) -> bool:
         return STARLETTE_RELEASE < (0, 38, 3)  # 0.21 - 0.38.2: left alone, and they listen
     if shim == "unpatched":
         return True
-    # start-only keeps the response-start fix alone: no-listen is part of it on 0.28.0 - 0.38.2.
-    return shim == "start-only" and STARLETTE_CANCELS
+    # start-only keeps the response-start fix alone: no-listen is part of it on 0.28.0 - 0.38.2,
+    # of the after-response fix on 0.15 - 0.20.4 and of the pass-through fix on 0.21.0 - 0.27.x.
+    return shim == "start-only" and (STARLETTE_CANCELS or STARLETTE_BETWEEN)
 
 
 class CountingClient:
