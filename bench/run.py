@@ -149,7 +149,11 @@ def worker_variant(variant: str) -> str:
 
 
 # An affected release, the first with the upstream fix, and the anyio versions to measure on.
-PAIRS = {"0.20.4": ("0.21.0", ("3.7.1", "4")), "0.37.2": ("0.38.3", ("4",))}
+PAIRS = {
+    "0.20.4": ("0.21.0", ("3.7.1", "4")),
+    "0.27.0": ("0.38.3", ("3.7.1", "4")),  # with the opt-in (FastAPI 0.87.0 - 0.106.0)
+    "0.37.2": ("0.38.3", ("4",)),
+}
 ANYIO = {"3.7.1": "anyio==3.7.1", "4": "anyio<5"}
 
 

@@ -98,7 +98,10 @@ def set_variant(variant: str) -> None:
         after_response = variant != "start-only"
         errors = variant in ("patched", "without-pass-through")
         pass_through = variant in ("patched", "without-errors")
-        starlette_shield_patch.apply(after_response=after_response, errors=errors, pass_through=pass_through)
+        # extended: 0.21.0 - 0.27.x are patched with the opt-in alone; elsewhere it changes nothing.
+        starlette_shield_patch.apply(
+            after_response=after_response, errors=errors, pass_through=pass_through, extended=True
+        )
         assert starlette_shield_patch.status().patched, starlette_shield_patch.status()
     elif variant == "wrapt-coroutine":
         BaseHTTPMiddleware.__call__ = wrapt.FunctionWrapper(ORIGINAL, coroutine_wrapper)  # type: ignore[method-assign]

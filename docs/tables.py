@@ -62,12 +62,12 @@ def link(reference: str) -> str:
     return f"[{reference}]({UPSTREAM[project.lower()]}{number})"
 
 
-# CANCELLING and FOUR_LAYERS list every published release of their range: between the first of
-# one and the release after its last, every release is known.
-KNOWN = sorted({parse(release) for release in (*releases.AFFECTED, *releases.UNAFFECTED)})
+# CANCELLING, BETWEEN and FOUR_LAYERS list every published release of their range: between the
+# first of one and the release after its last, every release is known.
+KNOWN = sorted({parse(release) for release in (*releases.AFFECTED, *releases.BETWEEN, *releases.UNAFFECTED)})
 COMPLETE = [
     (parse(listed[0]), min(release for release in KNOWN if release > parse(listed[-1])))
-    for listed in (releases.CANCELLING, releases.FOUR_LAYERS)
+    for listed in (releases.CANCELLING, releases.BETWEEN, releases.FOUR_LAYERS)
 ]
 
 
@@ -151,7 +151,6 @@ def said(first: str, pages: str) -> tuple[str, str]:
     """What the users of a FastAPI run see, and what to do there, by the first starlette the run
     allows; the facts are those of docs/bugs.md and docs/limitations.md."""
     turning_on = f"[Turning it on]({pages}turning-on.md)"
-    second_range = f"{releases.FOUR_LAYERS[0]} - {releases.FOUR_LAYERS[-1]}"
     first_fix = f"FastAPI {releases.FASTAPI_RUNS[1][0]} (starlette {releases.FASTAPI_RUNS[1][2]})"
     last_fix = f"starlette {LAST_FIXED} (FastAPI {releases.FASTAPI_NEWER} and later allow it)"
     four_layers = (
@@ -170,12 +169,12 @@ def said(first: str, pages: str) -> tuple[str, str]:
         "0.21.0": (
             "no `No response returned.`, and the work after the response finishes (fixed upstream, "
             f"{link('starlette#1715')}); errors as exception groups on anyio 4, an error after the "
-            "response dropped; a dispatch that reads the body makes the endpoint wait",
-            "the shim does nothing here; `python -m starlette_shield_patch --self-test` names the defects "
-            f"it sees. Upstream, exception groups are gone from 0.31.0 ({link('starlette#2211')}), an "
-            f"error after the response reaches the server from 0.46.0 ({link('starlette#2812')}), the "
-            f"body a dispatch read reaches the endpoint from 0.28.0 ({link('starlette#1692')}); the "
-            f"self-test's scenarios pass on {second_range} with the shim",
+            "response dropped (before 0.23.1); a chunked answer ends only after its background task "
+            "(from 0.23.1); a dispatch that reads the body makes the endpoint wait "
+            f"({link('starlette#1692')})",
+            f"opt in: `{VARIABLE}=extended` or `apply(extended=True)` ({turning_on}); without it the "
+            "shim leaves them alone, and `python -m starlette_shield_patch --self-test` names the defects "
+            "it sees",
         ),
         "0.28.0": (
             f"{four_layers}); `url_for()` in a dispatch fails; a chunked answer ends only after its "
@@ -200,12 +199,15 @@ def affected(pages: str = "", fix_links: bool = True) -> str:
         symptoms, to_do = said(first, pages)
         fixes = fixes_on(parse(first), parse(below), pages if fix_links else None)
         fastapi = first_fastapi if first_fastapi == last_fastapi else f"{first_fastapi} - {last_fastapi}"
+        does = ", ".join(fixes)
+        if releases.BETWEEN[0] == first:  # the guard leaves them alone unless the activation opts in
+            does = f"nothing, unless told: with `{VARIABLE}=extended`, {does}"
         rows.append(
             (
                 fastapi + tested(first_fastapi, last_fastapi),
                 span(parse(first), parse(below)),
                 symptoms,
-                ", ".join(fixes) if fixes else "nothing: it leaves them alone",
+                does,
                 to_do,
             )
         )
