@@ -263,7 +263,10 @@ def fastapi(session: nox.Session, fastapi: str) -> None:
         pins = [f"fastapi=={fastapi}", f"starlette=={starlette}", *anyio]
     else:
         pins = [f"fastapi=={fastapi}", "anyio[trio]"]
-    session.install(".", *pins, "pytest", "jinja2", "requests")
+    # 0.21.0 - 0.27.x also under uvicorn and gunicorn (tests/test_fastapi_servers.py); gunicorn
+    # 20.1.0 imports pkg_resources, which the newest setuptools no longer ship.
+    servers = ["uvicorn", "gunicorn==20.1.0", "setuptools<70"] if between else []
+    session.install(".", *pins, "pytest", "jinja2", "requests", *servers)
     pytest(session, "-m", "fastapi", env={releases.EXTENDED_VARIABLE: "1"} if between else None)
 
 
