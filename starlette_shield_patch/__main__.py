@@ -164,8 +164,7 @@ def self_test() -> dict[str, Any]:
         _patch.PASS_THROUGH: HANDED_ON,
     }
     # A fix that was not asked for (STARLETTE_SHIELD_PATCH=start-only) is not held against it;
-    # on a release the shim leaves alone, only the two bugs that make a release affected count
-    # (0.21 - 0.27 have errors that come out as groups too, which the shim's brief leaves to them).
+    # on a release the shim leaves alone, only the two bugs that make a release affected count.
     wanted = status.fixes if status.patched else (_patch.RESPONSE_START, _patch.AFTER_RESPONSE)
     # But what a release between the two ranges (0.21.0 - 0.27.x) still gets wrong where no fix of
     # the shim is in force (without the opt-in, or with a fix turned off) is said, and is not "ok".

@@ -34,10 +34,9 @@ def _with_body_read(request: Any, receive: Receive, runs_note: bool) -> tuple[Re
     # `_is_disconnected`. 1.10.0 hands the inner app a receive that reads through the dispatch's
     # Request, so each side sees what the other took. A dispatch that hands call_next a Request
     # with a receive of its own keeps it, as unpatched.
-    if _is_function(receive, "starlette.middleware.base", _RECEIVE_OR_DISCONNECT):
-        _read_through_cell(request, receive)
-        return receive, None
     if receive is not getattr(request, "_receive", None):
+        if _is_function(receive, "starlette.middleware.base", _RECEIVE_OR_DISCONNECT):
+            _read_through_cell(request, receive)  # 0.21.0 - 0.27.x
         return receive, None
     if getattr(receive, "__func__", None) is _BodyRead.dispatch_receive:
         # call_next again after a dispatch that streamed part of the body: the same shared receive.
