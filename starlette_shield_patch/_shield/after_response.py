@@ -174,17 +174,19 @@ async def _stream_as_newest(
     closes_body = True
     body = response.body_iterator
     async for chunk in body:
-        if type(chunk) is _LastChunk:  # end-at-last: no receive after it (see _LastChunk)
-            if len(chunk):
-                await send({"type": "http.response.body", "body": bytes(chunk), "more_body": True})
-            await body.aclose()
-            break
-        if not isinstance(chunk, bytes):
+        # One check per chunk where it is plain bytes, as stream_response's isinstance().
+        if type(chunk) is not bytes:
+            if type(chunk) is _LastChunk:  # end-at-last: no receive after it (see _LastChunk)
+                if len(chunk):
+                    await send({"type": "http.response.body", "body": bytes(chunk), "more_body": True})
+                await body.aclose()
+                break
             if isinstance(chunk, dict):  # file-body: the pathsend message (_Run._other) is the body
                 closes_body = False
                 await send(chunk)
                 continue
-            chunk = chunk.encode(response.charset)
+            if not isinstance(chunk, bytes):
+                chunk = chunk.encode(response.charset)
         await send({"type": "http.response.body", "body": chunk, "more_body": True})
     if closes_body:
         await send({"type": "http.response.body", "body": b"", "more_body": False})

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, AsyncIterator, cast
 
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from .pieces import InForce, Message, _BaseExceptionGroup, _cell
+from .pieces import InForce, Message, _BaseExceptionGroup
 
 if TYPE_CHECKING:
     from .run import _Run
@@ -85,12 +85,35 @@ def _receive_closing_streams(request: Any, call_next: Any) -> None:
     # layer and request (a PytestUnraisableExceptionWarning under pytest). __call__ reads
     # `wrapped_receive` from a cell that call_next closes over; it is swapped for the same code
     # with the stream closed, as 1.8.0 closes it (aclosing).
-    if getattr(type(request), "wrapped_receive", None) is not _cached_wrapped_receive():
-        return  # pragma: no cover  # every release with the piece
-    cell = _cell(call_next, "wrapped_receive")
-    if cell is None or getattr(cell.cell_contents, "__self__", None) is not request:  # pragma: no cover
-        return  # see above
+    own, code, index = _closing
+    if getattr(type(request), "wrapped_receive", None) is not own or call_next.__code__ is not code:
+        if not _learn_closing(request, call_next):  # pragma: no cover  # every release with the piece
+            return
+        index = _closing[2]
+    cell = call_next.__closure__[index]
+    if getattr(cell.cell_contents, "__self__", None) is not request:  # pragma: no cover  # see above
+        return
     cell.cell_contents = MethodType(_wrapped_receive_closing, request)
+
+
+# close-request-streams: starlette's own _CachedRequest.wrapped_receive, the code of the
+# call_next that closes over it and the index of that cell, as last learnt: starlette makes
+# call_next anew for each request, over the same code, so a request costs two identity checks.
+_closing: tuple[Any, Any, int] = (object(), None, 0)
+
+
+def _learn_closing(request: Any, call_next: Any) -> bool:
+    """close-request-streams: whether `request` and `call_next` are starlette's own, noted in
+    `_closing` for the requests after it."""
+    global _closing
+    own = _cached_wrapped_receive()
+    if getattr(type(request), "wrapped_receive", None) is not own:  # pragma: no cover  # see above
+        return False
+    code = getattr(call_next, "__code__", None)
+    if code is None or "wrapped_receive" not in code.co_freevars:  # pragma: no cover  # see above
+        return False
+    _closing = (own, code, code.co_freevars.index("wrapped_receive"))
+    return True
 
 
 def _cached_wrapped_receive() -> Any:

@@ -162,14 +162,3 @@ class _BodyRead:
         if message["type"] == "http.request" and not message.get("more_body", False):
             self.over = self._dispatch_at_end = True
         return message
-
-
-def _route_for_url_for(scope: Any) -> None:
-    """url-for: the router that request.url_for needs, which the app's router puts in the scope
-    only below the layers."""
-    # starlette#2672 (0.39.2): url_for in a dispatch failed with KeyError('router'); 0.39.2 falls
-    # back to scope["app"]. The app's router sets scope["router"] to itself next, where it is
-    # not there yet: setting it a layer earlier changes nothing below.
-    router = getattr(scope.get("app"), "router", None)
-    if router is not None:
-        scope["router"] = router

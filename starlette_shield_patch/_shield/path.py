@@ -4,10 +4,10 @@ starlette's own __call__ gets, and the three places where the pieces in force ho
 # The wrapper (`wrapper_for`) runs starlette's own __call__ with a stand-in `self`. starlette
 # reads two attributes of it, `dispatch_func` and `app`, and the pieces hook in at three places:
 #
-# - `app` (`_app`), which call_next runs: the inner app's `send` delivers `http.response.start`
+# - `app`, which call_next runs: the inner app's `send` delivers `http.response.start`
 #   despite a pending cancellation (start-first, response_start); where a piece needs to know how
 #   the inner app did, it runs in a `_Run` (run), whose send and receive call out to the pieces;
-# - `dispatch_func` (`_dispatch`): the call_next that the dispatch gets (own-error, body-error:
+# - `dispatch_func`: the call_next that the dispatch gets (own-error, body-error:
 #   errors; its response does not listen for the disconnect: no-listen; its body, or its frame
 #   where it raised, is kept: close-streams), and the response the dispatch returns, which lets
 #   the runs finish once it is sent (finish-runs, after_response);
@@ -32,8 +32,8 @@ from .errors import (
     _raise_uncollapsed,
     _receive_closing_streams,
 )
-from .pass_through import _BodyRead, _route_for_url_for, _with_body_read
-from .pieces import App, InForce, Receive, Send, _Proxy
+from .pass_through import _BodyRead, _with_body_read
+from .pieces import InForce, Receive, Send, _Proxy
 from .response_start import _call_next_stream, _Client, _start_first
 from .run import _Run
 
@@ -67,7 +67,13 @@ def wrapper_for(original: Callable[..., Awaitable[None]]) -> Callable[..., Await
                 client = _Client(receive)
                 receive = client.receive_noting if pieces.read_body else client.receive
             if pieces.url_for and "router" not in scope:
-                _route_for_url_for(scope)
+                # url-for (starlette#2672, 0.39.2): url_for in a dispatch failed with
+                # KeyError('router'); 0.39.2 falls back to scope["app"]. The app's router sets
+                # scope["router"] to itself next, where it is not there yet: setting it a layer
+                # earlier changes nothing below. Inline: no call of ours per request.
+                router = getattr(scope.get("app"), "router", None)
+                if router is not None:
+                    scope["router"] = router
             layer = _StandIn(instance, pieces, send)
             stand_in = layer if starlettes_own else _ProxyStandIn(instance, layer)
             call = original(stand_in, scope, receive, send, **kwargs)
@@ -92,7 +98,7 @@ told = False  # _tell logged its line in this process: a later patch (apply() ag
 # The stand-ins: what starlette's __call__ gets as `self`. starlette's own __call__ reads only
 # `dispatch_func` and `app`, so a slotted object will do (`_StandIn`); a __call__ that others
 # wrapped before the shim (sentry-sdk) may look at `self` in any way, so it gets a transparent
-# proxy (`_ProxyStandIn`). Both hand the work to _dispatch and _app.
+# proxy (`_ProxyStandIn`). Both hand the work to _StandIn's dispatch_func and app.
 
 
 class _StandIn:
@@ -110,17 +116,42 @@ class _StandIn:
         # call_next that raised
         self.kept: list[Any] = []
 
-    @property
-    def dispatch_func(self) -> Any:
-        # A property, not a bound method kept in a slot: that would make each stand-in a
-        # reference cycle, freed only by the cyclic garbage collector.
-        return self._dispatch if self.pieces.wraps_dispatch else self._middleware.dispatch_func
+    # dispatch_func and app are methods, which starlette only calls: a bound method kept in a
+    # slot would make each stand-in a reference cycle, freed only by the cyclic garbage collector,
+    # and a property that picked one would cost a call of ours per request.
 
-    def _dispatch(self, request: Any, call_next: Any) -> Awaitable[Any]:
-        return _dispatch(self._middleware.dispatch_func, self, request, call_next)
+    def dispatch_func(self, request: Any, call_next: Any) -> Awaitable[Any]:
+        dispatch = self._middleware.dispatch_func
+        pieces = self.pieces
+        if not pieces.wraps_dispatch:
+            return dispatch(request, call_next)  # type: ignore[no-any-return]
+        self.request = request  # read-body: what the dispatch read of it
+        if pieces.close_request_streams:
+            _receive_closing_streams(request, call_next)
+        starlettes = call_next
+        if pieces.wraps_call_next:
+            call_next = _calls_next_raising(call_next, pieces, self.runs)
+        if pieces.sees_responses:
+            call_next = _seeing_responses(call_next, self)
+        if pieces.finish_runs:
+            return _then_finish(dispatch(request, call_next), self.runs, starlettes)
+        return dispatch(request, call_next)  # type: ignore[no-any-return]
 
     def app(self, scope: Any, receive: Receive, send: Send) -> Awaitable[None]:
-        return _app(self._middleware.app, self, scope, receive, send)
+        app = self._middleware.app
+        pieces = self.pieces
+        noted = None
+        if pieces.read_body:
+            receive, noted = _with_body_read(self.request, receive, pieces.finish_runs)
+        if not pieces.runs:
+            return app(scope, receive, _start_first(send))  # type: ignore[no-any-return]
+        stream = _call_next_stream(send)
+        if stream is None:  # pragma: no cover  # see _call_next_stream
+            return app(scope, receive, send)  # type: ignore[no-any-return]
+        run = _Run(pieces, stream, send, receive, self.send)
+        run.noted = noted
+        self.runs.append(run)
+        return run.run(app, scope)
 
     def __getattr__(self, name: str) -> Any:  # anything else a forced release might read
         return getattr(self._middleware, name)
@@ -152,21 +183,6 @@ _handed_on = (
 )
 
 
-def _dispatch(dispatch: Any, layer: _StandIn, request: Any, call_next: Any) -> Awaitable[Any]:
-    pieces = layer.pieces
-    layer.request = request  # read-body: what the dispatch read of it
-    if pieces.close_request_streams:
-        _receive_closing_streams(request, call_next)
-    starlettes = call_next
-    if pieces.wraps_call_next:
-        call_next = _calls_next_raising(call_next, pieces, layer.runs)
-    if pieces.sees_responses:
-        call_next = _seeing_responses(call_next, layer)
-    if pieces.finish_runs:
-        return _then_finish(dispatch(request, call_next), layer.runs, starlettes)
-    return dispatch(request, call_next)  # type: ignore[no-any-return]
-
-
 def _seeing_responses(call_next: Any, layer: _StandIn) -> Any:
     """no-listen, close-streams: call_next, and what it returns before the dispatch gets it."""
     pieces = layer.pieces
@@ -185,22 +201,6 @@ def _seeing_responses(call_next: Any, layer: _StandIn) -> Any:
         return response
 
     return call_next_seen
-
-
-def _app(app: App, layer: _StandIn, scope: Any, receive: Receive, send: Send) -> Awaitable[None]:
-    pieces = layer.pieces
-    noted = None
-    if pieces.read_body:
-        receive, noted = _with_body_read(layer.request, receive, pieces.finish_runs)
-    if not pieces.runs:
-        return app(scope, receive, _start_first(send))
-    stream = _call_next_stream(send)
-    if stream is None:  # pragma: no cover  # see _call_next_stream
-        return app(scope, receive, send)
-    run = _Run(pieces, stream, send, receive, layer.send)
-    run.noted = noted
-    layer.runs.append(run)
-    return run.run(app, scope)
 
 
 async def _layer(call: Awaitable[None], pieces: InForce, stand_in: _StandIn) -> None:
