@@ -20,6 +20,7 @@ from tests.asgi import (
     ANYIO_MAJOR,
     CAPTURES_INNER_ERRORS,
     GROUPS_ESCAPE,
+    HANGS_AFTER,
     LOSES_THE_START,
     STARLETTE_AFFECTED,
     STARLETTE_CANCELS,
@@ -240,7 +241,8 @@ def test_a_middleware_that_reads_the_json_body(backend: str, shim: str, layers: 
     scope["headers"].append((b"content-length", str(len(body)).encode()))
     hangs = shim == "unpatched" and STARLETTE_RELEASE < (0, 28, 0)
     with shim_named(shim):
-        outcome = run(app, client_stays(body), backend=backend, scope=scope, timeout=0.2 if hangs else 5.0)
+        timeout = HANGS_AFTER if hangs else 5.0
+        outcome = run(app, client_stays(body), backend=backend, scope=scope, timeout=timeout)
 
     assert logged == [{"name": "pen", "price": 1.5}] * (1 if hangs else layers)  # unpatched, the next waits
     if hangs:

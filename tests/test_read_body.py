@@ -16,6 +16,7 @@ from starlette.responses import PlainTextResponse, Response
 
 from conftest import shim_named, shim_state
 from tests.asgi import (
+    HANGS_AFTER,
     STARLETTE_AFFECTED,
     STARLETTE_RELEASE,
     CallNext,
@@ -111,7 +112,8 @@ def test_the_app_gets_the_chunks_a_partial_stream_left(shim: str, backend: str, 
     app = stack(endpoint, wraps, *[pass_through] * (layers - 1))
     # "wait": unpatched, call_next's response listens for the disconnect (1.10.0 does not).
     steals = layers > 1 and shim == "unpatched" and STARLETTE_AFFECTED
-    outcome = run(app, chunked_client(b"1", b"2", b"3"), backend=backend, timeout=0.2 if steals else 5.0)
+    timeout = HANGS_AFTER if steals else 5.0
+    outcome = run(app, chunked_client(b"1", b"2", b"3"), backend=backend, timeout=timeout)
     if steals:
         # Unpatched, the inner layer's response listens for the disconnect (starlette#2620) and
         # takes the last chunk: the dispatch's stream() waits for it (0.15 - 0.20.4) or ends
