@@ -113,7 +113,11 @@ def diagnose() -> dict[str, Any]:
             pass_through=kind not in NO_PASS_THROUGH,
         )
         needed = verdict.fixes if verdict is not None and verdict.affected else (_patch.RESPONSE_START,)
-        would += f", with the fixes: {', '.join(fix for fix in needed if fix in wanted)}"
+        fixes = [fix for fix in needed if fix in wanted]
+        if fixes:
+            would += f", with the fixes: {', '.join(fixes)}"
+        else:  # 0.21.0 - 0.27.x opted in with start-only: they do not lose the start
+            would = f"nothing: every fix this release needs is turned off by {VARIABLE}={switch.raw.strip()}"
     return {
         "python": f"{platform.python_version()} ({sys.executable})",
         "starlette": starlette,

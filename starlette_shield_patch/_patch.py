@@ -129,6 +129,12 @@ class _Lifecycle:
                 self._enter("left alone", f"{verdict.reason}; BaseHTTPMiddleware left alone")
                 (logger().debug if verdict.readable else logger().warning)("%s", self.reason)
                 return
+            if verdict.affected and not any(piece.fix in self.wanted for piece in verdict.pieces):
+                # 0.21.0 - 0.27.x opted in with start-only: none of the fixes they need is wanted
+                # (they do not lose the start), so a wrapper would do nothing but cost.
+                self._enter("left alone", f"{verdict.reason}; every fix it needs is turned off")
+                logger().debug("%s", self.reason)
+                return
             import wrapt
 
             from ._shield import path

@@ -350,9 +350,10 @@ def test_doctor_self_test_says_what_each_fix_does(
         ("extended", ["after-response", "errors", "pass-through"]),
         (" Extended , without-errors", ["after-response", "pass-through"]),
         ("1", []),
+        ("extended,start-only", []),  # opted in, but every fix it needs turned off: left alone
         ("extended,off", []),  # not a value: a warning, then as if unset
     ],
-    ids=["extended", "extended-without-errors", "on", "extended-and-off"],
+    ids=["extended", "extended-without-errors", "on", "extended-start-only", "extended-and-off"],
 )
 def test_the_opt_in_patches_a_release_between_the_ranges(
     wheel_python: Path, scenario: Path, value: str, fixes: list[str]
@@ -366,7 +367,7 @@ def test_the_opt_in_patches_a_release_between_the_ranges(
     report = json.loads(result.stdout)
     test = report["self_test"]
 
-    assert report["affected"] is bool(fixes)
+    assert report["affected"] is (bool(fixes) or value == "extended,start-only")
     assert test["fixes"] == fixes
     # Unpatched: the body a dispatch read never reaches the endpoint (starlette#1692).
     assert test["without_shim"]["pass-through"] == "endpoint waits"
@@ -380,6 +381,8 @@ def test_the_opt_in_patches_a_release_between_the_ranges(
     assert test["ok"] is not left and result.returncode == (1 if left else 0), result.stdout
     if fixes:
         assert "is affected" in test["shim_status"] and "with the opt-in" in test["shim_status"]
+    elif value == "extended,start-only":
+        assert "every fix it needs is turned off" in test["shim_status"]
     else:
         assert "left alone" in test["shim_status"] and "extended" in test["shim_status"]
     assert ("is not a value the shim knows" in result.stderr) is (value == "extended,off"), result.stderr

@@ -94,6 +94,18 @@ def test_status_names_the_version_and_why(original: Any) -> None:
     assert "removed by remove()" in starlette_shield_patch.status().reason
 
 
+@pytest.mark.skipif(not STARLETTE_BETWEEN, reason="the opt-in is for starlette 0.21.0 - 0.27.x")
+def test_the_opt_in_with_every_fix_it_needs_turned_off_leaves_it_alone(original: Any) -> None:
+    """0.21.0 - 0.27.x do not lose the start: opted in with the response-start fix alone
+    (start-only), nothing is left to do, and no wrapper is put there to do it."""
+    starlette_shield_patch.apply(extended=True, after_response=False, errors=False, pass_through=False)
+    status = starlette_shield_patch.status()
+
+    assert installed() is original
+    assert not status.patched and status.fixes == ()
+    assert "with the opt-in; every fix it needs is turned off" in status.reason
+
+
 @only_unaffected
 def test_unaffected_release_is_left_alone(original: Any) -> None:
     apply()

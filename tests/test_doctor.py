@@ -54,10 +54,27 @@ def test_no_startup_hook_where_none_is_installed(monkeypatch: pytest.MonkeyPatch
             True,
             "in every process, when the app imports starlette, with the fixes: after-response, pass-through",
         ),
+        (
+            "0.24.0",
+            "extended,start-only",
+            True,
+            "nothing: every fix this release needs is turned off by "
+            "STARLETTE_SHIELD_PATCH=extended,start-only",
+        ),
         ("0.38.3", "", True, "already has the upstream fixes (starlette#1715, starlette#2620)"),
         ("0.21.0", "force", True, "starlette, with the fixes: response-start"),
     ],
-    ids=["no-starlette", "no-hook", "start-only", "unaffected", "between", "opted-in", "newer", "forced"],
+    ids=[
+        "no-starlette",
+        "no-hook",
+        "start-only",
+        "unaffected",
+        "between",
+        "opted-in",
+        "opted-in-start-only",
+        "newer",
+        "forced",
+    ],
 )
 def test_the_doctor_says_what_the_shim_would_do(
     monkeypatch: pytest.MonkeyPatch, starlette: str | None, variable: str, hook: bool, would: str
