@@ -19,9 +19,9 @@ from fastapi import BackgroundTasks, FastAPI, Request
 from pydantic import BaseModel
 from starlette.requests import ClientDisconnect
 from starlette.responses import PlainTextResponse, Response
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
-from demo.servers_app import STATE, record_worker, write_whole
+from demo.servers_app import STATE, lifespan, write_whole
 
 log = logging.getLogger("demo.fastapi_app")
 CallNext = Callable[[Request], Awaitable[Response]]
@@ -89,15 +89,7 @@ async def finished_tasks() -> Response:
 
 async def app(scope: Scope, receive: Receive, send: Send) -> None:
     """The FastAPI app, with each worker's start and clean stop on record (DEMO_STATE_DIR)."""
-    if scope["type"] != "lifespan" or not STATE:
-        await fastapi_app(scope, receive, send)
+    if scope["type"] == "lifespan" and STATE:
+        await lifespan(fastapi_app, scope, receive, send)
         return
-
-    async def recording_send(message: Message) -> None:
-        if message["type"] == "lifespan.startup.complete":
-            record_worker("started")
-        await send(message)
-        if message["type"] == "lifespan.shutdown.complete":
-            record_worker("stopped")
-
-    await fastapi_app(scope, receive, recording_send)
+    await fastapi_app(scope, receive, send)

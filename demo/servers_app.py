@@ -28,7 +28,7 @@ from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoin
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 if os.environ.get("DEMO_LOGGING") == "1":
     # As apps do: logging set up at startup, once starlette (and so the shim) is imported.
@@ -172,8 +172,9 @@ def record_worker(event: str) -> None:
     write_whole(STATE / f"{event}-{os.getpid()}.json", json.dumps(worker))
 
 
-async def lifespan(scope: Scope, receive: Receive, send: Send) -> None:
-    """Starlette's lifespan, with each worker's start and clean stop on record (DEMO_STATE_DIR)."""
+async def lifespan(app: ASGIApp, scope: Scope, receive: Receive, send: Send) -> None:
+    """`app`'s lifespan, with each worker's start and clean stop on record (DEMO_STATE_DIR); the
+    FastAPI app (demo.fastapi_app) uses it too."""
 
     async def recording_send(message: Message) -> None:
         if message["type"] == "lifespan.startup.complete":
@@ -182,12 +183,12 @@ async def lifespan(scope: Scope, receive: Receive, send: Send) -> None:
         if message["type"] == "lifespan.shutdown.complete":
             record_worker("stopped")
 
-    await starlette_app(scope, receive, recording_send)
+    await app(scope, receive, recording_send)
 
 
 async def app(scope: Scope, receive: Receive, send: Send) -> None:
     if scope["type"] == "lifespan" and STATE:
-        await lifespan(scope, receive, send)
+        await lifespan(starlette_app, scope, receive, send)
         return
     if scope["type"] != "http":
         await starlette_app(scope, receive, send)
