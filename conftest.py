@@ -36,7 +36,8 @@ def shim_state(
     applied: bool, *, after_response: bool = True, errors: bool = True, pass_through: bool = True
 ) -> Iterator[None]:
     """The shim applied (guard as usual) or not for the block; always removed afterwards."""
-    from tests.asgi import EXTENDED, STARLETTE_AFFECTED  # imports starlette: apply() patches at once
+    # tests.asgi imports starlette, so that apply() patches at once
+    from tests.asgi import EXTENDED, STARLETTE_AFFECTED, STARLETTE_BETWEEN
 
     starlette_shield_patch.remove()
     try:
@@ -44,7 +45,10 @@ def shim_state(
             starlette_shield_patch.apply(
                 after_response=after_response, errors=errors, pass_through=pass_through, extended=EXTENDED
             )
-            assert starlette_shield_patch.status().patched is STARLETTE_AFFECTED
+            # 0.21.0 - 0.27.x need no fix of start-only's (they do not lose the start): left alone.
+            start_only = not (after_response or errors or pass_through)
+            patched = STARLETTE_AFFECTED and not (STARLETTE_BETWEEN and start_only)
+            assert starlette_shield_patch.status().patched is patched
         yield
     finally:
         starlette_shield_patch.remove()

@@ -24,6 +24,7 @@ from tests.asgi import (
     CAPTURES_INNER_ERRORS,
     GROUPS_ESCAPE,
     STARLETTE_AFFECTED,
+    STARLETTE_BETWEEN,
     STARLETTE_HAS_ANYIO,
     STARLETTE_RELEASE,
     ASGIApp,
@@ -256,7 +257,9 @@ def test_a_response_start_without_headers_gets_through(backend: str, shim: str, 
     app = stack(answers_without_headers(start), *[pass_through] * layers)
     outcome = run(app, client_stays(), backend=backend)
 
-    if shim == "unpatched" and STARLETTE_AFFECTED:
+    # 0.21.0 - 0.27.x opted in with start-only are left alone (they need none of its fixes).
+    left_alone = shim == "unpatched" or (shim == "start-only" and STARLETTE_BETWEEN)
+    if left_alone and STARLETTE_AFFECTED:
         assert any(
             isinstance(error, KeyError) and error.args == ("headers",) for error in outcome.errors()
         ), outcome
