@@ -258,8 +258,10 @@ def fastapi(session: nox.Session, fastapi: str) -> None:
     """FastAPI apps with @app.middleware("http") functions, on the starlette that FastAPI pins."""
     starlette = releases.FASTAPI[fastapi]
     between = starlette in releases.BETWEEN  # with the opt-in; FastAPI 0.88.0 on anyio 3
-    anyio = ["anyio[trio]<4", "trio<0.22"] if fastapi == "0.88.0" else anyio_requirements(starlette, "newest")
     if starlette:
+        anyio = anyio_requirements(starlette, "newest")
+        if fastapi == "0.88.0":
+            anyio = ["anyio[trio]<4", "trio<0.22"]
         pins = [f"fastapi=={fastapi}", f"starlette=={starlette}", *anyio]
     else:
         pins = [f"fastapi=={fastapi}", "anyio[trio]"]

@@ -516,3 +516,26 @@ def test_a_chunked_answer_ends_before_its_background_task(shim: str, backend: st
     else:
         # Bounded away from the task's 0.3 s, so that a loaded machine does not make it fail.
         assert ended[0] < 0.2, ended
+
+
+class Chunk(bytes):
+    """A library's own bytes type, as some streams yield it."""
+
+
+@pytest.mark.parametrize("layers", [1, 2])
+def test_a_streamed_chunk_of_a_bytes_subclass_gets_through_as_it_is(
+    shim: str, backend: str, layers: int
+) -> None:
+    """StreamingResponse.stream_response sends a bytes chunk as it is and encodes only the rest;
+    so does the shim where it streams call_next's response itself (no-listen)."""
+
+    async def chunks() -> AsyncIterator[Any]:
+        yield Chunk(b"ab")
+        yield "cd"
+
+    endpoint = StreamingResponse(chunks(), media_type="text/plain")
+    outcome = run(stack(endpoint, *[pass_through] * layers), chunked_client(b""), backend=backend)
+
+    assert outcome.clean, outcome
+    bodies = [m.get("body", b"") for m in outcome.messages if m["type"] == "http.response.body"]
+    assert b"".join(bodies) == b"abcd"
