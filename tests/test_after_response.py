@@ -109,6 +109,45 @@ def test_a_streamed_response_ends_before_its_background_work(shim: str, backend:
     expect_fixed_only_patched(work_done_after_response(outcome, work, "stays"), shim, "stays")
 
 
+@pytest.mark.parametrize("layers", [1, 3], ids=["one-layer", "three-layers"])
+def test_an_inner_stream_ends_by_itself_under_stacked_layers(shim: str, backend: str, layers: int) -> None:
+    # An inner StreamingResponse of 0.15 - 0.20.4 streams in a task of its own beside a listener
+    # for the disconnect, which reads the layers' receives. With the runs let finish, its last
+    # message waits until the outermost layer's response is sent; the outermost layer's finish
+    # then told that listener http.disconnect (through its receive), and the listener cancelled
+    # the stream still waiting: a task cancelled per request, and its CancelledError a reference
+    # cycle for the collector. The receive is now left to the innermost layer, whose finish lets
+    # the stream end first.
+    ends: list[str] = []
+
+    class Recorded(StreamingResponse):
+        async def stream_response(self, send: Send) -> None:
+            try:
+                await super().stream_response(send)
+            except anyio.get_cancelled_exc_class():
+                ends.append("cancelled")
+                raise
+            ends.append("ended")
+
+    async def endpoint(scope: Scope, receive: Receive, send: Send) -> None:
+        async def chunks() -> AsyncIterator[bytes]:
+            yield b"one"
+            yield b"two"
+
+        await Recorded(chunks())(scope, receive, send)
+
+    async def connected() -> Message:  # a GET's client, waiting for the answer
+        await anyio.Event().wait()
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    app = stack(endpoint, *[pass_through] * layers)
+    outcome = run(app, connected, backend=backend, scope=http_scope("GET"))
+
+    assert outcome.clean, outcome
+    assert b"".join(message.get("body", b"") for message in outcome.messages) == b"onetwo"
+    assert ends == ["ended"]
+
+
 def closes_exit_stack(app: ASGIApp, work: Work) -> ASGIApp:
     """A pure ASGI middleware whose AsyncExitStack closes (and awaits) after the response."""
 

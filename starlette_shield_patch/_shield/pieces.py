@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import builtins
 import sys
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, Dict, Iterable
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Dict, Generator, Iterable
 
 import wrapt
 
@@ -18,6 +18,20 @@ if TYPE_CHECKING:
     _Proxy = wrapt.ObjectProxy[Any]
 else:
     _Proxy = wrapt.ObjectProxy  # not subscriptable at run time on wrapt 1.x
+
+
+class _Done:
+    """An awaitable that is done at once, with no turn of the event loop: what a send returns
+    that handed its message over (response_start._hand_over), or a close that had nothing to
+    wait for."""
+
+    __slots__ = ()
+
+    def __await__(self) -> Generator[Any, None, None]:
+        return iter(())  # type: ignore[return-value]  # an empty iterator: done at once
+
+
+_DONE = _Done()
 
 # _cell: (id of a code object, a free variable's name) -> (that code object, the index of its cell)
 _CELL_INDEX: dict[tuple[int, str], tuple[Any, int]] = {}

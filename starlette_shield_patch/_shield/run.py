@@ -9,11 +9,11 @@ from anyio import BrokenResourceError, CancelScope, Event
 from anyio.lowlevel import checkpoint
 from anyio.streams.memory import MemoryObjectSendStream
 
-from .after_response import _response_sent, _run_finish, _run_receive, _run_send
+from .after_response import _close, _response_sent, _run_finish, _run_receive, _run_send
 from .errors import _origin, _unwrap
 from .pass_through import _LastChunk
-from .pieces import App, InForce, Message, Receive, Send, _BaseExceptionGroup
-from .response_start import _deliver_start
+from .pieces import _DONE, App, InForce, Message, Receive, Send, _BaseExceptionGroup
+from .response_start import _deliver_start, _hand_over, _send_now, _state_of
 
 
 class _Run:
@@ -34,6 +34,7 @@ class _Run:
     """
 
     __slots__ = (
+        "_drops",
         "_on_end",
         "_out",
         "_pieces",
@@ -41,10 +42,12 @@ class _Run:
         "_receiving",
         "_send",
         "_sent",
+        "_state",
         "_stream",
         "detached",
         "ended",
         "failed",
+        "holding",
         "late",
         "noted",
         "over",
@@ -61,6 +64,10 @@ class _Run:
     ) -> None:
         self._pieces = pieces
         self._stream = stream
+        # finish-runs: the receives waiting on the stream (anyio's MemoryObjectStreamState has had
+        # `waiting_receivers` from 3.0 to 4.x); an empty dict where that is not known
+        self._state = _state_of(stream)  # anyio's, for _send_now
+        self._drops = send != stream.send  # send_no_error (0.21.0 - 0.38.2)
         self._send = send  # call_next's own
         self._receive = receive
         self._out = out  # the layer's own send (template-info)
@@ -70,9 +77,10 @@ class _Run:
         self.ended = False
         self.failed: Exception | None = None  # raised during its response, not raised yet
         self.late: Exception | None = None  # raised after its response was over
+        self.holding = False  # finish-runs: its last body message is on its way, or waits for wait-sent
         self._on_end: Event | None = None
         self._sent: Event | None = None  # wait-sent, with finish-runs: set once the layer's response is sent
-        self._receiving: set[CancelScope] | None = None  # receive() calls in progress
+        self._receiving: dict[CancelScope, _Run | None] | None = None  # receive() calls in progress
         self.noted: Any = None  # read-body: the dispatch's Request, told what the inner app received
 
     async def run(self, app: App, scope: Any) -> None:
@@ -131,10 +139,14 @@ class _Run:
             if pieces.skip_empty and not message.get("body"):
                 # Not passed on; the layer's body ends when this stream closes, as it would.
                 return checkpoint()
-            return self._send(message)
+            state = self._state
+            if state is not None and state.waiting_receivers and _hand_over(self._stream, message):
+                # call_next's body waits for it: no coroutine, no turn of the event loop (_send_now)
+                return _DONE
+            return self.to_call_next(message)
         if kind == "http.response.start":
             self.started = True
-            return _deliver_start(self._stream, message, self._send)
+            return _deliver_start(self._stream, message, self.to_call_next)
         return self._other(message)
 
     def _other(self, message: Message) -> Awaitable[None]:
@@ -162,11 +174,11 @@ class _Run:
         pieces = self._pieces
         if pieces.end_at_last:
             message = {**message, "body": _LastChunk(message.get("body", b""))}
-        await self._send(message)
+        await self.to_call_next(message)
         if pieces.end_at_last:
             # starlette#919, #2194 (0.29.0): on 0.28.0 the layer's body ends only when the inner
             # app returns, after its background tasks, so a chunked answer is not complete until then.
-            await self._stream.aclose()
+            await _close(self._stream)
         if pieces.waits_sent:
             # starlette#3476 (1.7.0): the inner app's work after its response (background tasks)
             # starts only once the layer has sent its own response, as 1.10.0's send_no_error
@@ -177,6 +189,13 @@ class _Run:
             sent = _response_sent(self._receive)
             if sent is not None and not sent.is_set():
                 await sent.wait()
+
+    def to_call_next(self, message: Message) -> Awaitable[None]:
+        """call_next's send, without the checkpoint that anyio's takes first (_send_now)."""
+        state = self._state
+        if state is None:  # pragma: no cover  # an anyio whose streams the shim does not know
+            return self._send(message)
+        return _send_now(self._stream, state, message, self._drops)
 
     # finish-runs (after_response): the inner app's send and receive where the run is let finish,
     # and what the layer awaits once its response is sent.
