@@ -148,6 +148,34 @@ def test_an_inner_stream_ends_by_itself_under_stacked_layers(shim: str, backend:
     assert ends == ["ended"]
 
 
+async def discards_the_body_then_works(request: Request, call_next: Any) -> PlainTextResponse:
+    """One chunk of call_next's body, the body closed, then work of its own and its own answer:
+    what the inner app sends meanwhile meets a stream that nobody reads."""
+    body: Any = getattr(await call_next(request), "body_iterator")  # noqa: B009  # call_next's body_stream
+    try:
+        await body.__anext__()
+    finally:
+        await body.aclose()
+    await anyio.sleep(0.05)
+    return PlainTextResponse("Custom")
+
+
+@only_cancelling
+def test_sends_to_a_body_the_dispatch_closed_are_dropped(shim: str, backend: str) -> None:
+    # unpatched, the inner StreamingResponse's next send raises BrokenResourceError and its
+    # background task never runs (0.15.0 and 0.16.0 end the request with the error); as 0.21.0,
+    # the shim drops such a send and the inner app goes on to its work after the response.
+    work = Work(seconds=0.01)
+    app = stack(answers_then_works(work, streamed=True, chunks=5), discards_the_body_then_works)
+
+    outcome = run(app, client_stays(), backend=backend)
+
+    assert (work.ended is not None) is (shim == "patched")
+    if shim == "patched":
+        assert outcome.clean, outcome
+        assert b"".join(message.get("body", b"") for message in outcome.messages) == b"Custom"
+
+
 def closes_exit_stack(app: ASGIApp, work: Work) -> ASGIApp:
     """A pure ASGI middleware whose AsyncExitStack closes (and awaits) after the response."""
 

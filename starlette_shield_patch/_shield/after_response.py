@@ -76,10 +76,8 @@ async def _run_send(run: _Run, message: Message) -> None:
             # an outer layer's finish() leaves its receives to this run's (_run_finish).
             run.over = run.holding = True
             try:
-                if run._pieces.end_at_last:
+                if run._pieces.end_at_last:  # every release with skip-empty-chunks too
                     await run.to_call_next({**message, "body": _LastChunk(message.get("body", b""))})
-                elif run._pieces.skip_empty and not message.get("body"):
-                    await checkpoint()
                 else:
                     await run.to_call_next(message)
                 # starlette#919: before 0.20.1 the layer's body ends only when this stream
