@@ -64,9 +64,7 @@ class _Run:
     ) -> None:
         self._pieces = pieces
         self._stream = stream
-        # finish-runs: the receives waiting on the stream (anyio's MemoryObjectStreamState has had
-        # `waiting_receivers` from 3.0 to 4.x); an empty dict where that is not known
-        self._state = _state_of(stream)  # anyio's, for _send_now
+        self._state = _state_of(stream)  # anyio's bookkeeping of the stream, for _send_now (or None)
         self._drops = send != stream.send  # send_no_error (0.21.0 - 0.38.2)
         self._send = send  # call_next's own
         self._receive = receive
